@@ -1,0 +1,99 @@
+// Arguments shared by every masked loss, CPU and CUDA alike.
+//
+// A loss is a functor with
+//   value(t, p)      the per-element loss,
+//   grad_pred(t, p)  d value / d p,
+//   grad_true(t, p)  d value / d t,
+// all in the accumulator type. With w the mask weight of an element and
+// keep = (w != 0) && (t != padding_value), the forward reduces
+//   sum = sum(keep ? w * value : 0), weight_sum = sum(keep ? w : 0),
+//   count = sum(keep ? 1 : 0)
+// and the loss is sum / weight_sum ("mean", 0 when weight_sum == 0) or sum.
+// Masking is a select, never a multiply, so NaN/Inf under the mask never leak.
+#pragma once
+
+#include <cstdint>
+
+#include "numeric_types.h"
+
+namespace masked_ops {
+
+enum class Reduction : int { kMean = 0, kSum = 1 };
+
+enum class Status : int {
+  kOk = 0,
+  kBadShape = 1,       // n is not a multiple of the mask size
+  kWorkspaceTooSmall = 2,
+  kLaunchFailed = 3,   // CUDA launch / runtime error
+};
+
+inline const char* status_message(Status s) {
+  switch (s) {
+    case Status::kOk:
+      return "ok";
+    case Status::kBadShape:
+      return "the number of elements is not a multiple of the mask size";
+    case Status::kWorkspaceTooSmall:
+      return "workspace smaller than the size query returned";
+    case Status::kLaunchFailed:
+      return "CUDA kernel launch failed";
+  }
+  return "unknown status";
+}
+
+// The mask has mask_n entries and each covers `inner` consecutive elements:
+// mask_n == n means an elementwise mask, a leading-prefix mask (B, T) on
+// inputs (B, T, F) has inner == F, and a 0-d mask (mask_n == 1) covers all.
+// padding_value is NaN when there is no padding: NaN never compares equal.
+template <typename T, typename M>
+struct MaskedInputs {
+  const T* y_true = nullptr;
+  const T* y_pred = nullptr;
+  const M* mask = nullptr;
+  int64_t n = 0;
+  int64_t mask_n = 1;
+  double padding_value = 0.0;
+
+  int64_t inner() const { return mask_n == 0 ? 0 : n / mask_n; }
+  bool valid_shape() const {
+    return n >= 0 && mask_n >= 0 && (mask_n == 0 ? n == 0 : n % mask_n == 0);
+  }
+};
+
+// Scalars the backward reads (device pointers on GPU, host pointers on CPU),
+// all in the accumulator type: the upstream gradients of the forward's
+// loss, sum and weight_sum outputs, and the forward's loss and weight_sum.
+template <typename Acc>
+struct BackwardScalars {
+  const Acc* grad_loss = nullptr;
+  const Acc* grad_sum = nullptr;
+  const Acc* grad_weight_sum = nullptr;
+  const Acc* loss = nullptr;
+  const Acc* weight_sum = nullptr;
+};
+
+// Per-element gradient coefficients derived from BackwardScalars:
+//   d/dp = keep ? a * w * grad_pred : 0,   d/dt = keep ? a * w * grad_true : 0,
+//   d/dw = keep ? a * value + b : 0   (summed over the elements w covers).
+template <typename Acc>
+struct GradCoefficients {
+  Acc a;
+  Acc b;
+};
+
+template <typename Acc>
+MO_HD GradCoefficients<Acc> grad_coefficients(Acc grad_loss, Acc grad_sum, Acc grad_weight_sum,
+                                              Acc loss, Acc weight_sum, Reduction reduction) {
+  if (reduction == Reduction::kSum) return {grad_loss + grad_sum, grad_weight_sum};
+  // The mean is defined as exactly 0 when weight_sum == 0: no gradient flows through it.
+  const Acc inv = weight_sum != Acc(0) ? Acc(1) / weight_sum : Acc(0);
+  return {grad_loss * inv + grad_sum, grad_weight_sum - grad_loss * loss * inv};
+}
+
+// Final loss from the double-precision totals.
+MO_HD double finalize_loss(double sum, double weight_sum, Reduction reduction) {
+  if (reduction == Reduction::kSum) return sum;
+  return weight_sum != 0.0 ? sum / weight_sum : 0.0;
+}
+
+}  // namespace masked_ops

@@ -1,0 +1,106 @@
+#include "masked_loss_op.h"
+
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+
+namespace masked_ops {
+namespace tf_adapter {
+
+using tf::shape_inference::InferenceContext;
+using tf::shape_inference::ShapeHandle;
+
+namespace {
+
+// y_true and y_pred share a shape; the mask's shape is a leading prefix of it.
+absl::Status MergeInputShapes(InferenceContext* c, int y_true, int y_pred, int mask, int padding,
+                            ShapeHandle* inputs) {
+  TF_RETURN_IF_ERROR(c->Merge(c->input(y_true), c->input(y_pred), inputs));
+  ShapeHandle unused;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(padding), 0, &unused));
+  const ShapeHandle m = c->input(mask);
+  if (c->RankKnown(m) && c->RankKnown(*inputs)) {
+    if (c->Rank(m) > c->Rank(*inputs)) {
+      return absl::InvalidArgumentError(absl::StrCat("mask shape ", c->DebugString(m),
+                                         " must equal the inputs' shape ",
+                                         c->DebugString(*inputs),
+                                         " or be a leading prefix of it"));
+    }
+    ShapeHandle prefix;
+    TF_RETURN_IF_ERROR(c->Subshape(*inputs, 0, c->Rank(m), &prefix));
+    TF_RETURN_IF_ERROR(c->Merge(prefix, m, &unused));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ForwardShape(InferenceContext* c) {
+  ShapeHandle inputs;
+  TF_RETURN_IF_ERROR(MergeInputShapes(c, 0, 1, 2, 3, &inputs));
+  for (int i = 0; i < 4; ++i) c->set_output(i, c->Scalar());
+  return absl::OkStatus();
+}
+
+absl::Status GradShape(InferenceContext* c) {
+  ShapeHandle inputs;
+  TF_RETURN_IF_ERROR(MergeInputShapes(c, 3, 4, 5, 6, &inputs));
+  bool want_true = false, want_pred = false, want_mask = false;
+  TF_RETURN_IF_ERROR(c->GetAttr("want_y_true", &want_true));
+  TF_RETURN_IF_ERROR(c->GetAttr("want_y_pred", &want_pred));
+  TF_RETURN_IF_ERROR(c->GetAttr("want_mask", &want_mask));
+  const ShapeHandle empty = c->Vector(0);
+  c->set_output(0, want_true ? inputs : empty);
+  c->set_output(1, want_pred ? inputs : empty);
+  c->set_output(2, want_mask ? c->input(5) : empty);
+  return absl::OkStatus();
+}
+
+absl::Status ValidateInputs(const tf::Tensor& y_true, const tf::Tensor& y_pred,
+                          const tf::Tensor& mask, const tf::Tensor& padding_value) {
+  if (y_true.shape() != y_pred.shape()) {
+    return absl::InvalidArgumentError(absl::StrCat("y_true and y_pred must have the same shape, got y_true ",
+                                       y_true.shape().DebugString(), " and y_pred ",
+                                       y_pred.shape().DebugString()));
+  }
+  const tf::TensorShape& shape = y_pred.shape();
+  bool prefix = mask.dims() <= shape.dims();
+  for (int i = 0; prefix && i < mask.dims(); ++i) prefix = mask.dim_size(i) == shape.dim_size(i);
+  if (!prefix) {
+    return absl::InvalidArgumentError(absl::StrCat("mask shape ", mask.shape().DebugString(),
+                                       " must equal the inputs' shape ", shape.DebugString(),
+                                       " or be a leading prefix of it"));
+  }
+  if (!tf::TensorShapeUtils::IsScalar(padding_value.shape())) {
+    return absl::InvalidArgumentError(absl::StrCat("padding_value must be a scalar, got shape ",
+                                       padding_value.shape().DebugString()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseReduction(const std::string& name, Reduction* reduction) {
+  if (name == "mean") {
+    *reduction = Reduction::kMean;
+  } else if (name == "sum") {
+    *reduction = Reduction::kSum;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("reduction must be 'mean' or 'sum', got '", name, "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckAccumulatorDtype(tf::DataType tout, tf::DataType t, tf::DataType expected) {
+  if (tout != expected) {
+    return absl::InvalidArgumentError(absl::StrCat("Tout must be ", tf::DataTypeString(expected),
+                                       " for inputs of dtype ", tf::DataTypeString(t), ", got ",
+                                       tf::DataTypeString(tout)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ToStatus(masked_ops::Status s, const char* what) {
+  if (s == masked_ops::Status::kOk) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("masked loss ", what, ": ", status_message(s)));
+}
+
+}  // namespace tf_adapter
+}  // namespace masked_ops

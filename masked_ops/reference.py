@@ -1,0 +1,50 @@
+"""Pure-TensorFlow masked losses with the same semantics as the fused ops.
+
+Select-based: masked positions are replaced before any arithmetic, so NaN/Inf
+there reach neither the loss nor the gradients. Tests and benchmarks compare
+the fused kernels against these."""
+
+import tensorflow as tf
+
+from masked_ops import _inputs
+from masked_ops.ops import MaskedSums
+
+
+def squared_error(t, p):
+    d = t - p
+    return d * d
+
+
+def masked_loss(value_fn, y_true, y_pred, mask, padding_value, reduction):
+    """(loss, sum, weight_sum, count) of sum(w * value_fn(t, p)) over kept positions."""
+    _inputs.check_reduction(reduction)
+    y_true, y_pred, mask, padding_value = _inputs.prepare(y_true, y_pred, mask, padding_value)
+    acc = _inputs.accumulator_dtype(y_pred.dtype)
+    t = tf.cast(y_true, acc)
+    p = tf.cast(y_pred, acc)
+    # A leading-prefix mask (B, T) on (B, T, F) broadcasts over the trailing dims.
+    rank_gap = y_pred.shape.rank - mask.shape.rank
+    w = tf.cast(mask, acc)
+    w = tf.reshape(w, tf.concat([tf.shape(w), tf.ones([rank_gap], tf.int32)], 0))
+    w = tf.broadcast_to(w, tf.shape(t))
+    keep = tf.logical_and(tf.not_equal(w, 0), tf.not_equal(t, tf.cast(padding_value, acc)))
+    zeros = tf.zeros_like(t)
+    value = value_fn(tf.where(keep, t, zeros), tf.where(keep, p, zeros))
+    total = tf.reduce_sum(tf.where(keep, w * value, zeros))
+    weight_sum = tf.reduce_sum(tf.where(keep, w, zeros))
+    count = tf.math.count_nonzero(keep, dtype=tf.int64)
+    loss = total if reduction == "sum" else tf.math.divide_no_nan(total, weight_sum)
+    return loss, total, weight_sum, count
+
+
+def masked_squared_error_sums(y_true, y_pred, mask=None, *, padding_value=None):
+    """Reference for masked_ops.masked_squared_error_sums."""
+    _, total, weight_sum, count = masked_loss(
+        squared_error, y_true, y_pred, mask, padding_value, "sum"
+    )
+    return MaskedSums(total, weight_sum, count)
+
+
+def masked_mse(y_true, y_pred, mask=None, *, padding_value=None, reduction="mean"):
+    """Reference for masked_ops.masked_mse."""
+    return masked_loss(squared_error, y_true, y_pred, mask, padding_value, reduction)[0]
