@@ -20,6 +20,11 @@
 namespace masked_ops {
 namespace cpu {
 
+// The lane loops are vectorized with `omp simd` (compile with -fopenmp-simd; no
+// OpenMP runtime): the lanes are independent accumulators, so this reorders
+// nothing and results do not depend on the vector width.
+#define MO_SIMD_LANES _Pragma("omp simd")
+
 constexpr int64_t kChunk = int64_t(1) << 16;
 constexpr int64_t kBlock = 1024;
 constexpr int kLanes = 16;
@@ -58,37 +63,69 @@ P* offset(P* p, int64_t i) {
   return p != nullptr ? p + i : nullptr;
 }
 
-// Reduces len <= kBlock elements. kElementwise: weight from mask[i]; otherwise
-// every element has weight w_const (a prefix-mask row, or no mask).
-template <class Loss, class T, class M, bool kElementwise>
-Partial forward_block(const T* yt, const T* yp, const M* mask, acc_t<T> w_const, acc_t<T> pad,
-                      int64_t len) {
-  using Acc = acc_t<T>;
+// kLanes independent float accumulators, flushed into a double Partial at
+// least every kBlock elements so the float error stays bounded by the block.
+// 0/1 (boolean) weights: weight_sum is the count and the value needs no multiply.
+template <typename Acc, bool kBinary>
+struct LaneSums {
   Acc s[kLanes] = {};
   Acc ws[kLanes] = {};
-  int32_t c[kLanes] = {};
+  Acc c[kLanes] = {};  // exact: at most kBlock / kLanes per lane between flushes
+  int64_t pending = 0;
+
+  void flush(Partial& out) {
+    for (int l = 0; l < kLanes; ++l) {
+      out.sum += double(s[l]);
+      out.weight_sum += double(kBinary ? c[l] : ws[l]);
+      out.count += int64_t(c[l]);
+      s[l] = ws[l] = c[l] = Acc(0);
+    }
+    pending = 0;
+  }
+};
+
+// Adds len <= kBlock - acc.pending elements. kElementwise: the weight comes from
+// mask[i]; otherwise every element has weight w_const (a prefix-mask row with
+// non-zero weight, or no mask).
+template <class Loss, class T, class M, bool kElementwise>
+void accumulate(LaneSums<acc_t<T>, std::is_same<M, bool>::value>& acc, const T* yt, const T* yp,
+                const M* mask, acc_t<T> w_const, acc_t<T> pad, int64_t len) {
+  using Acc = acc_t<T>;
+  constexpr bool kBinary = std::is_same<M, bool>::value;
   auto step = [&](int64_t i, int l) {
     const Acc t = to_acc(yt[i]);
     const Acc p = to_acc(yp[i]);
-    const Acc w = kElementwise ? MaskWeight<Acc, M>::of(mask[i]) : w_const;
-    const bool keep = (w != Acc(0)) & (t != pad);
-    const Acc v = Loss::value(t, p) * w;
-    s[l] += keep ? v : Acc(0);
-    ws[l] += keep ? w : Acc(0);
-    c[l] += keep ? 1 : 0;
+    Acc w = w_const;
+    bool keep = t != pad;
+    if constexpr (kElementwise && kBinary) {
+      // Booleans are read as bytes: compilers do not vectorize loads of bool.
+      keep &= reinterpret_cast<const uint8_t*>(mask)[i] != 0;
+    } else if constexpr (kElementwise) {
+      w = to_acc(mask[i]);
+      keep &= w != Acc(0);
+    }
+    const Acc v = kBinary ? Loss::value(t, p) : Loss::value(t, p) * w;
+    acc.s[l] += select_or_zero(keep, v);
+    if (!kBinary) acc.ws[l] += select_or_zero(keep, w);
+    acc.c[l] += select_or_zero(keep, Acc(1));
   };
-  int64_t i = 0;
-  for (; i + kLanes <= len; i += kLanes) {
+  const int64_t full = len - len % kLanes;
+  for (int64_t i = 0; i < full; i += kLanes) {
+    MO_SIMD_LANES
     for (int l = 0; l < kLanes; ++l) step(i + l, l);
   }
-  for (int l = 0; i < len; ++i, ++l) step(i, l);
-  Partial out;
-  for (int l = 0; l < kLanes; ++l) {
-    out.sum += double(s[l]);
-    out.weight_sum += double(ws[l]);
-    out.count += c[l];
+  for (int64_t i = full; i < len; ++i) step(i, int(i - full));
+  acc.pending += len;
+}
+
+// Writes the mask entry of each element in [begin, begin + len) to out.
+template <class M>
+void expand_rows(const M* mask, int64_t inner, int64_t begin, int64_t len, M* out) {
+  for (int64_t pos = begin, row = begin / inner; pos < begin + len; ++row) {
+    const int64_t seg_end = std::min(begin + len, (row + 1) * inner);
+    std::fill(out + (pos - begin), out + (seg_end - begin), mask[row]);
+    pos = seg_end;
   }
-  return out;
 }
 
 template <class Loss, class T, class M>
@@ -96,26 +133,42 @@ Partial forward_range(const MaskedInputs<T, M>& in, int64_t begin, int64_t end) 
   using Acc = acc_t<T>;
   const Acc pad = Acc(in.padding_value);
   const int64_t inner = in.inner();
+  LaneSums<Acc, std::is_same<M, bool>::value> acc;
   Partial total;
   if (in.mask != nullptr && inner == 1) {
     for (int64_t b = begin; b < end; b += kBlock) {
-      total.add(forward_block<Loss, T, M, true>(in.y_true + b, in.y_pred + b, in.mask + b, Acc(0),
-                                                pad, std::min(kBlock, end - b)));
+      accumulate<Loss, T, M, true>(acc, in.y_true + b, in.y_pred + b, in.mask + b, Acc(1), pad,
+                                   std::min(kBlock, end - b));
+      acc.flush(total);
     }
     return total;
   }
-  // One mask entry per row of `inner` elements: constant weight per segment.
+  if (in.mask != nullptr && inner < kBlock) {
+    // Short rows: expand the block's mask entries into a small buffer and take
+    // the elementwise path (a per-row loop would be dominated by its overhead).
+    M expanded[kBlock];
+    for (int64_t b = begin; b < end; b += kBlock) {
+      const int64_t len = std::min(kBlock, end - b);
+      expand_rows(in.mask, inner, b, len, expanded);
+      accumulate<Loss, T, M, true>(acc, in.y_true + b, in.y_pred + b, expanded, Acc(1), pad, len);
+      acc.flush(total);
+    }
+    return total;
+  }
+  // Long rows (or no mask): constant weight per row, rows of weight 0 skipped
+  // without reading them.
   for (int64_t row = begin / inner, pos = begin; pos < end; ++row) {
     const int64_t seg_end = std::min(end, (row + 1) * inner);
     const Acc w = in.mask != nullptr ? MaskWeight<Acc, M>::of(in.mask[row]) : Acc(1);
-    if (w != Acc(0)) {
-      for (int64_t b = pos; b < seg_end; b += kBlock) {
-        total.add(forward_block<Loss, T, M, false>(in.y_true + b, in.y_pred + b, nullptr, w, pad,
-                                                   std::min(kBlock, seg_end - b)));
-      }
+    while (w != Acc(0) && pos < seg_end) {
+      const int64_t len = std::min(seg_end - pos, kBlock - acc.pending);
+      accumulate<Loss, T, M, false>(acc, in.y_true + pos, in.y_pred + pos, nullptr, w, pad, len);
+      if (acc.pending == kBlock) acc.flush(total);
+      pos += len;
     }
     pos = seg_end;
   }
+  acc.flush(total);
   return total;
 }
 
@@ -131,13 +184,21 @@ acc_t<T> backward_span(const T* yt, const T* yp, const M* mask, acc_t<T> w_const
   auto step = [&](int64_t i, int l) {
     const Acc t = to_acc(yt[i]);
     const Acc p = to_acc(yp[i]);
-    const Acc w = kElementwise ? MaskWeight<Acc, M>::of(mask[i]) : w_const;
-    const bool keep = (w != Acc(0)) & (t != pad);
+    Acc w = w_const;
+    bool keep = t != pad;
+    if constexpr (kElementwise && std::is_same<M, bool>::value) {
+      keep &= reinterpret_cast<const uint8_t*>(mask)[i] != 0;
+    } else if constexpr (kElementwise) {
+      w = to_acc(mask[i]);
+      keep &= w != Acc(0);
+    } else {
+      keep &= w != Acc(0);
+    }
     const Acc aw = k.a * w;
-    if (kTrue) grad_true[i] = from_acc<T>(keep ? aw * Loss::grad_true(t, p) : Acc(0));
-    if (kPred) grad_pred[i] = from_acc<T>(keep ? aw * Loss::grad_pred(t, p) : Acc(0));
+    if (kTrue) grad_true[i] = from_acc<T>(select_or_zero(keep, aw * Loss::grad_true(t, p)));
+    if (kPred) grad_pred[i] = from_acc<T>(select_or_zero(keep, aw * Loss::grad_pred(t, p)));
     if constexpr (kMask) {
-      const Acc gw = keep ? k.a * Loss::value(t, p) + k.b : Acc(0);
+      const Acc gw = select_or_zero(keep, k.a * Loss::value(t, p) + k.b);
       if (kElementwise) {
         grad_mask[i] = from_acc<M>(gw);
       } else {
@@ -147,6 +208,7 @@ acc_t<T> backward_span(const T* yt, const T* yp, const M* mask, acc_t<T> w_const
   };
   int64_t i = 0;
   for (; i + kLanes <= len; i += kLanes) {
+    MO_SIMD_LANES
     for (int l = 0; l < kLanes; ++l) step(i + l, l);
   }
   for (int l = 0; i < len; ++i, ++l) step(i, l);
@@ -172,7 +234,7 @@ void backward_tasks(const MaskedInputs<T, M>& in, GradCoefficients<acc_t<T>> k, 
       for (int64_t c = first; c < last; ++c) {
         const int64_t b = c * kChunk;
         backward_span<Loss, T, M, true, kTrue, kPred, kMask>(
-            in.y_true + b, in.y_pred + b, in.mask + b, Acc(0), pad, k, std::min(kChunk, n - b),
+            in.y_true + b, in.y_pred + b, in.mask + b, Acc(1), pad, k, std::min(kChunk, n - b),
             offset(grad_true, b), offset(grad_pred, b), offset(grad_mask, b));
       }
     });
@@ -190,6 +252,21 @@ void backward_tasks(const MaskedInputs<T, M>& in, GradCoefficients<acc_t<T>> k, 
             in.y_true + b, in.y_pred + b, nullptr, weight(row), pad, k, inner, offset(grad_true, b),
             offset(grad_pred, b), nullptr);
         grad_mask[row] = from_acc<M>(g);
+      }
+    });
+    return;
+  }
+  if (in.mask != nullptr && inner < kBlock) {
+    // Short rows: expand each block's mask entries, as in the forward.
+    parallel_for(num_chunks(n), kChunk, [&](int64_t first, int64_t last) {
+      M expanded[kBlock];
+      const int64_t end = std::min(n, last * kChunk);
+      for (int64_t b = first * kChunk; b < end; b += kBlock) {
+        const int64_t len = std::min(kBlock, end - b);
+        expand_rows(in.mask, inner, b, len, expanded);
+        backward_span<Loss, T, M, true, kTrue, kPred, false>(
+            in.y_true + b, in.y_pred + b, expanded, Acc(1), pad, k, len, offset(grad_true, b),
+            offset(grad_pred, b), nullptr);
       }
     });
     return;

@@ -54,43 +54,34 @@ MO_HD uint32_t bits_from_float(float f) {
 #endif
 }
 
-// IEEE binary16 -> binary32, exact, branch-free enough to vectorize.
+// IEEE binary16 -> binary32, exact. Both paths are computed and one selected,
+// so the host compiler can vectorize it.
 MO_HD float half_bits_to_float(uint16_t h) {
   const uint32_t exp_mask = 0x7c00u << 13;  // binary16 exponent, moved to binary32 place
-  uint32_t o = (uint32_t(h) & 0x7fffu) << 13;
-  const uint32_t exp = o & exp_mask;
-  o += (127u - 15u) << 23;  // rebias
-  float f;
-  if (exp == exp_mask) {  // Inf / NaN: exponent all ones
-    o += (128u - 16u) << 23;
-    f = float_from_bits(o);
-  } else if (exp == 0) {  // zero / subnormal: renormalize through a float subtraction
-    o += 1u << 23;
-    f = float_from_bits(o) - float_from_bits(113u << 23);
-  } else {
-    f = float_from_bits(o);
-  }
-  return float_from_bits(bits_from_float(f) | ((uint32_t(h) & 0x8000u) << 16));
+  const uint32_t shifted = (uint32_t(h) & 0x7fffu) << 13;
+  const uint32_t exp = shifted & exp_mask;
+  // Normal numbers: rebias the exponent; Inf/NaN: exponent all ones.
+  const uint32_t normal = shifted + ((127u - 15u) << 23) + (exp == exp_mask ? (128u - 16u) << 23 : 0u);
+  // Zero / subnormal: renormalize through a float subtraction.
+  const uint32_t subnormal = bits_from_float(float_from_bits(shifted + ((127u - 15u + 1u) << 23)) -
+                                             float_from_bits(113u << 23));
+  const uint32_t magnitude = exp == 0 ? subnormal : normal;
+  return float_from_bits(magnitude | ((uint32_t(h) & 0x8000u) << 16));
 }
 
 // binary32 -> binary16 with round-to-nearest-even; NaN stays NaN, overflow -> Inf.
 MO_HD uint16_t float_to_half_bits(float value) {
-  uint32_t u = bits_from_float(value);
-  const uint32_t sign = u & 0x80000000u;
-  u ^= sign;
-  uint32_t o;
-  if (u >= ((127u + 16u) << 23)) {  // too large for binary16, Inf or NaN
-    o = u > (255u << 23) ? 0x7e00u : 0x7c00u;
-  } else if (u < (113u << 23)) {  // result is subnormal or zero: let float addition round
-    const uint32_t magic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
-    const float f = float_from_bits(u) + float_from_bits(magic);
-    o = bits_from_float(f) - magic;
-  } else {
-    const uint32_t mant_odd = (u >> 13) & 1u;
-    u += (uint32_t(int32_t(15 - 127)) << 23) + 0xfffu;
-    u += mant_odd;
-    o = u >> 13;
-  }
+  const uint32_t bits = bits_from_float(value);
+  const uint32_t sign = bits & 0x80000000u;
+  const uint32_t u = bits ^ sign;
+  // Too large for binary16, Inf or NaN.
+  const uint32_t big = u > (255u << 23) ? 0x7e00u : 0x7c00u;
+  // Subnormal or zero result: let a float addition do the rounding.
+  const uint32_t magic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
+  const uint32_t small = bits_from_float(float_from_bits(u) + float_from_bits(magic)) - magic;
+  // Normal: rebias, round to nearest even on the 13 dropped bits.
+  const uint32_t normal = (u + (uint32_t(int32_t(15 - 127)) << 23) + 0xfffu + ((u >> 13) & 1u)) >> 13;
+  const uint32_t o = u >= ((127u + 16u) << 23) ? big : (u < (113u << 23) ? small : normal);
   return uint16_t(o | (sign >> 16));
 }
 
@@ -130,6 +121,29 @@ struct Store<double> {
 template <typename T, typename Acc>
 MO_HD T from_acc(Acc x) {
   return Store<T>::from(x);
+}
+
+// keep ? x : 0 as a bitwise AND on the host, where a branch-free form lets the
+// compiler vectorize (a ternary on a float may not be if-converted); still a
+// select, so NaN/Inf in x never leak when keep is false.
+MO_HD float select_or_zero(bool keep, float x) {
+#if defined(__CUDA_ARCH__)
+  return keep ? x : 0.0f;
+#else
+  return float_from_bits(bits_from_float(x) & (0u - uint32_t(keep)));
+#endif
+}
+
+MO_HD double select_or_zero(bool keep, double x) {
+#if defined(__CUDA_ARCH__)
+  return keep ? x : 0.0;
+#else
+  uint64_t u;
+  std::memcpy(&u, &x, sizeof u);
+  u &= 0ull - uint64_t(keep);
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+#endif
 }
 
 // Weight of one mask entry in the accumulator type: booleans are 0/1, float
