@@ -44,3 +44,5 @@ format: setup
 
 clean:
 	rm -rf build *.egg-info masked_ops/*.so masked_ops/_build_info.json $(BUILD_STAMP)
+plot: setup
+	$(PY) benchmarks/plot.py

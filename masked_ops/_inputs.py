@@ -1,8 +1,7 @@
 """Input normalization shared by the fused ops and the pure-TF reference, so
 both apply exactly the same dtype rules."""
 
-import math
-
+import numpy as np
 import tensorflow as tf
 
 FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
@@ -57,14 +56,15 @@ def convert_padding_value(padding_value, dtype):
     """A scalar in y_pred's dtype; None becomes NaN, which equals nothing."""
     if padding_value is None:
         return tf.constant(float("nan"), dtype)
-    if isinstance(padding_value, (int, float)) and math.isnan(padding_value):
+    value = tf.convert_to_tensor(padding_value, name="padding_value")
+    if value.shape.rank is not None and value.shape.rank != 0:
+        raise ValueError(f"padding_value must be a scalar, got shape {value.shape}")
+    static = tf.get_static_value(value)
+    if static is not None and value.dtype.is_floating and np.isnan(static):
         raise ValueError(
             "padding_value=NaN would mask nothing (NaN equals nothing); "
             "pass mask=~tf.math.is_nan(y_true) instead"
         )
-    value = tf.convert_to_tensor(padding_value, name="padding_value")
-    if value.shape.rank is not None and value.shape.rank != 0:
-        raise ValueError(f"padding_value must be a scalar, got shape {value.shape}")
     return tf.cast(value, dtype)
 
 

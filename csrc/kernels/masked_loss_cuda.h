@@ -17,7 +17,8 @@ namespace masked_ops {
 namespace cuda {
 
 // Two-phase workspace query for the forward on n elements, on the current
-// device (the grid is sized from its multiprocessor count).
+// device (the grid is sized from its multiprocessor count). Workspaces are
+// device memory, 8-byte aligned (any cudaMalloc pointer is).
 size_t forward_workspace_bytes(int64_t n);
 
 // Forward: all pointers are device pointers; writes loss, sum, weight_sum and
@@ -35,8 +36,11 @@ size_t backward_workspace_bytes(int64_t n, int64_t mask_n, bool want_mask);
 // be null (not wanted); grad_mask must be null for boolean masks.
 template <class Loss, class T, class M>
 Status backward(const MaskedInputs<T, M>& in, Reduction reduction,
-                const BackwardScalars<acc_t<T>>& scalars, T* grad_true, T* grad_pred,
-                M* grad_mask, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                const BackwardScalars<acc_t<T>>& scalars, T* grad_true, T* grad_pred, M* grad_mask,
+                void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+// Description of the CUDA error behind this thread's last kLaunchFailed.
+const char* last_error_message();
 
 }  // namespace cuda
 }  // namespace masked_ops

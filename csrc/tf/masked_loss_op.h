@@ -56,18 +56,25 @@ absl::Status CheckAccumulatorDtype(tf::DataType tout, tf::DataType t, tf::DataTy
 
 absl::Status ToStatus(masked_ops::Status s, const char* what);
 
+// Input buffers through tensor_data(): unlike flat<T>(), no alignment CHECK, so
+// tensors from DLPack or other foreign buffers work (the kernels need no alignment).
+template <typename P>
+const P* InputData(const tf::Tensor& t) {
+  return reinterpret_cast<const P*>(t.tensor_data().data());
+}
+
 template <typename T, typename M>
 MaskedInputs<kernel_t<T>, kernel_t<M>> MakeInputs(const tf::Tensor& y_true,
                                                   const tf::Tensor& y_pred,
                                                   const tf::Tensor& mask,
                                                   const tf::Tensor& padding_value) {
   MaskedInputs<kernel_t<T>, kernel_t<M>> in;
-  in.y_true = reinterpret_cast<const kernel_t<T>*>(y_true.flat<T>().data());
-  in.y_pred = reinterpret_cast<const kernel_t<T>*>(y_pred.flat<T>().data());
-  in.mask = reinterpret_cast<const kernel_t<M>*>(mask.flat<M>().data());
+  in.y_true = InputData<kernel_t<T>>(y_true);
+  in.y_pred = InputData<kernel_t<T>>(y_pred);
+  in.mask = InputData<kernel_t<M>>(mask);
   in.n = y_true.NumElements();
   in.mask_n = mask.NumElements();
-  in.padding_value = double(padding_value.scalar<T>()());
+  in.padding_value = double(*InputData<T>(padding_value));
   return in;
 }
 
@@ -159,11 +166,11 @@ class MaskedLossGradOp : public tf::OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, want_mask_ ? mask.shape() : empty, &grad_mask));
 
     BackwardScalars<Acc> scalars;
-    scalars.grad_loss = ctx->input(0).flat<Acc>().data();
-    scalars.grad_sum = ctx->input(1).flat<Acc>().data();
-    scalars.grad_weight_sum = ctx->input(2).flat<Acc>().data();
-    scalars.loss = ctx->input(7).flat<Acc>().data();
-    scalars.weight_sum = ctx->input(8).flat<Acc>().data();
+    scalars.grad_loss = InputData<Acc>(ctx->input(0));
+    scalars.grad_sum = InputData<Acc>(ctx->input(1));
+    scalars.grad_weight_sum = InputData<Acc>(ctx->input(2));
+    scalars.loss = InputData<Acc>(ctx->input(7));
+    scalars.weight_sum = InputData<Acc>(ctx->input(8));
     const auto in = MakeInputs<T, M>(y_true, y_pred, mask, padding_value);
     OP_REQUIRES_OK(ctx, (Launch<Device, Loss, T, M>::Backward(
                             ctx, in, reduction_, scalars,
