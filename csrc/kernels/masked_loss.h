@@ -22,9 +22,9 @@ enum class Reduction : int { kMean = 0, kSum = 1 };
 
 enum class Status : int {
   kOk = 0,
-  kBadShape = 1,       // n is not a multiple of the mask size
+  kBadShape = 1,  // n is not a multiple of the mask size
   kWorkspaceTooSmall = 2,
-  kLaunchFailed = 3,   // CUDA launch / runtime error
+  kLaunchFailed = 3,  // CUDA launch / runtime error
 };
 
 inline const char* status_message(Status s) {

@@ -33,7 +33,8 @@ constexpr int kLanes = 16;
 // threads; elements_per_task is a cost hint. The adapter supplies it (TF's
 // intra-op pool, or a std::thread pool in the Python binding).
 using TaskFn = std::function<void(int64_t, int64_t)>;
-using ParallelFor = std::function<void(int64_t num_tasks, int64_t elements_per_task, const TaskFn& fn)>;
+using ParallelFor =
+    std::function<void(int64_t num_tasks, int64_t elements_per_task, const TaskFn& fn)>;
 
 inline void run_serially(int64_t num_tasks, int64_t, const TaskFn& fn) {
   if (num_tasks > 0) fn(0, num_tasks);
@@ -313,12 +314,11 @@ Status forward(const MaskedInputs<T, M>& in, Reduction reduction, void* workspac
 // grad_mask must be null for boolean masks and has the mask's shape.
 template <class Loss, class T, class M>
 Status backward(const MaskedInputs<T, M>& in, Reduction reduction,
-                const BackwardScalars<acc_t<T>>& scalars, T* grad_true, T* grad_pred,
-                M* grad_mask, const ParallelFor& parallel_for = run_serially) {
+                const BackwardScalars<acc_t<T>>& scalars, T* grad_true, T* grad_pred, M* grad_mask,
+                const ParallelFor& parallel_for = run_serially) {
   if (!in.valid_shape()) return Status::kBadShape;
-  const auto k = grad_coefficients(*scalars.grad_loss, *scalars.grad_sum,
-                                   *scalars.grad_weight_sum, *scalars.loss, *scalars.weight_sum,
-                                   reduction);
+  const auto k = grad_coefficients(*scalars.grad_loss, *scalars.grad_sum, *scalars.grad_weight_sum,
+                                   *scalars.loss, *scalars.weight_sum, reduction);
   const bool want_true = grad_true != nullptr;
   const bool want_pred = grad_pred != nullptr;
   bool want_mask = false;
@@ -327,7 +327,7 @@ Status backward(const MaskedInputs<T, M>& in, Reduction reduction,
   auto run = [&](auto kTrue, auto kPred, auto kMask) {
     if constexpr (!(kMask && std::is_same<M, bool>::value)) {
       detail::backward_tasks<Loss, T, M, kTrue, kPred, kMask>(in, k, grad_true, grad_pred,
-                                                               grad_mask, parallel_for);
+                                                              grad_mask, parallel_for);
     }
   };
   auto with_mask = [&](auto kTrue, auto kPred) {

@@ -61,7 +61,8 @@ MO_HD float half_bits_to_float(uint16_t h) {
   const uint32_t shifted = (uint32_t(h) & 0x7fffu) << 13;
   const uint32_t exp = shifted & exp_mask;
   // Normal numbers: rebias the exponent; Inf/NaN: exponent all ones.
-  const uint32_t normal = shifted + ((127u - 15u) << 23) + (exp == exp_mask ? (128u - 16u) << 23 : 0u);
+  const uint32_t normal =
+      shifted + ((127u - 15u) << 23) + (exp == exp_mask ? (128u - 16u) << 23 : 0u);
   // Zero / subnormal: renormalize through a float subtraction.
   const uint32_t subnormal = bits_from_float(float_from_bits(shifted + ((127u - 15u + 1u) << 23)) -
                                              float_from_bits(113u << 23));
@@ -80,7 +81,8 @@ MO_HD uint16_t float_to_half_bits(float value) {
   const uint32_t magic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
   const uint32_t small = bits_from_float(float_from_bits(u) + float_from_bits(magic)) - magic;
   // Normal: rebias, round to nearest even on the 13 dropped bits.
-  const uint32_t normal = (u + (uint32_t(int32_t(15 - 127)) << 23) + 0xfffu + ((u >> 13) & 1u)) >> 13;
+  const uint32_t normal =
+      (u + (uint32_t(int32_t(15 - 127)) << 23) + 0xfffu + ((u >> 13) & 1u)) >> 13;
   const uint32_t o = u >= ((127u + 16u) << 23) ? big : (u < (113u << 23) ? small : normal);
   return uint16_t(o | (sign >> 16));
 }

@@ -13,17 +13,16 @@ namespace {
 
 // y_true and y_pred share a shape; the mask's shape is a leading prefix of it.
 absl::Status MergeInputShapes(InferenceContext* c, int y_true, int y_pred, int mask, int padding,
-                            ShapeHandle* inputs) {
+                              ShapeHandle* inputs) {
   TF_RETURN_IF_ERROR(c->Merge(c->input(y_true), c->input(y_pred), inputs));
   ShapeHandle unused;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(padding), 0, &unused));
   const ShapeHandle m = c->input(mask);
   if (c->RankKnown(m) && c->RankKnown(*inputs)) {
     if (c->Rank(m) > c->Rank(*inputs)) {
-      return absl::InvalidArgumentError(absl::StrCat("mask shape ", c->DebugString(m),
-                                         " must equal the inputs' shape ",
-                                         c->DebugString(*inputs),
-                                         " or be a leading prefix of it"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("mask shape ", c->DebugString(m), " must equal the inputs' shape ",
+                       c->DebugString(*inputs), " or be a leading prefix of it"));
     }
     ShapeHandle prefix;
     TF_RETURN_IF_ERROR(c->Subshape(*inputs, 0, c->Rank(m), &prefix));
@@ -56,23 +55,23 @@ absl::Status GradShape(InferenceContext* c) {
 }
 
 absl::Status ValidateInputs(const tf::Tensor& y_true, const tf::Tensor& y_pred,
-                          const tf::Tensor& mask, const tf::Tensor& padding_value) {
+                            const tf::Tensor& mask, const tf::Tensor& padding_value) {
   if (y_true.shape() != y_pred.shape()) {
-    return absl::InvalidArgumentError(absl::StrCat("y_true and y_pred must have the same shape, got y_true ",
-                                       y_true.shape().DebugString(), " and y_pred ",
-                                       y_pred.shape().DebugString()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("y_true and y_pred must have the same shape, got y_true ",
+                     y_true.shape().DebugString(), " and y_pred ", y_pred.shape().DebugString()));
   }
   const tf::TensorShape& shape = y_pred.shape();
   bool prefix = mask.dims() <= shape.dims();
   for (int i = 0; prefix && i < mask.dims(); ++i) prefix = mask.dim_size(i) == shape.dim_size(i);
   if (!prefix) {
-    return absl::InvalidArgumentError(absl::StrCat("mask shape ", mask.shape().DebugString(),
-                                       " must equal the inputs' shape ", shape.DebugString(),
-                                       " or be a leading prefix of it"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("mask shape ", mask.shape().DebugString(), " must equal the inputs' shape ",
+                     shape.DebugString(), " or be a leading prefix of it"));
   }
   if (!tf::TensorShapeUtils::IsScalar(padding_value.shape())) {
     return absl::InvalidArgumentError(absl::StrCat("padding_value must be a scalar, got shape ",
-                                       padding_value.shape().DebugString()));
+                                                   padding_value.shape().DebugString()));
   }
   return absl::OkStatus();
 }
@@ -83,7 +82,8 @@ absl::Status ParseReduction(const std::string& name, Reduction* reduction) {
   } else if (name == "sum") {
     *reduction = Reduction::kSum;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("reduction must be 'mean' or 'sum', got '", name, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("reduction must be 'mean' or 'sum', got '", name, "'"));
   }
   return absl::OkStatus();
 }
@@ -91,8 +91,8 @@ absl::Status ParseReduction(const std::string& name, Reduction* reduction) {
 absl::Status CheckAccumulatorDtype(tf::DataType tout, tf::DataType t, tf::DataType expected) {
   if (tout != expected) {
     return absl::InvalidArgumentError(absl::StrCat("Tout must be ", tf::DataTypeString(expected),
-                                       " for inputs of dtype ", tf::DataTypeString(t), ", got ",
-                                       tf::DataTypeString(tout)));
+                                                   " for inputs of dtype ", tf::DataTypeString(t),
+                                                   ", got ", tf::DataTypeString(tout)));
   }
   return absl::OkStatus();
 }

@@ -7,15 +7,14 @@
 #include <string>
 #include <type_traits>
 
+#include "../kernels/masked_loss.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/types.h"
-#include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
-
-#include "../kernels/masked_loss.h"
 
 namespace masked_ops {
 namespace tf_adapter {
@@ -47,7 +46,7 @@ absl::Status GradShape(tf::shape_inference::InferenceContext* c);
 // Checks shapes of y_true, y_pred, mask and padding_value; the message names
 // the shapes involved.
 absl::Status ValidateInputs(const tf::Tensor& y_true, const tf::Tensor& y_pred,
-                          const tf::Tensor& mask, const tf::Tensor& padding_value);
+                            const tf::Tensor& mask, const tf::Tensor& padding_value);
 
 absl::Status ParseReduction(const std::string& name, Reduction* reduction);
 
@@ -65,8 +64,7 @@ const P* InputData(const tf::Tensor& t) {
 
 template <typename T, typename M>
 MaskedInputs<kernel_t<T>, kernel_t<M>> MakeInputs(const tf::Tensor& y_true,
-                                                  const tf::Tensor& y_pred,
-                                                  const tf::Tensor& mask,
+                                                  const tf::Tensor& y_pred, const tf::Tensor& mask,
                                                   const tf::Tensor& padding_value) {
   MaskedInputs<kernel_t<T>, kernel_t<M>> in;
   in.y_true = InputData<kernel_t<T>>(y_true);
@@ -114,10 +112,10 @@ class MaskedLossOp : public tf::OpKernel {
     tf::Tensor* count = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, tf::TensorShape({}), &count));
     const auto in = MakeInputs<T, M>(y_true, y_pred, mask, padding_value);
-    OP_REQUIRES_OK(ctx, (Launch<Device, Loss, T, M>::Forward(
-                            ctx, in, reduction_, out[0]->flat<Acc>().data(),
-                            out[1]->flat<Acc>().data(), out[2]->flat<Acc>().data(),
-                            count->flat<int64_t>().data())));
+    OP_REQUIRES_OK(ctx,
+                   (Launch<Device, Loss, T, M>::Forward(
+                       ctx, in, reduction_, out[0]->flat<Acc>().data(), out[1]->flat<Acc>().data(),
+                       out[2]->flat<Acc>().data(), count->flat<int64_t>().data())));
   }
 
  private:
@@ -138,16 +136,18 @@ class MaskedLossGradOp : public tf::OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("want_mask", &want_mask_));
     OP_REQUIRES_OK(ctx, CheckAccumulatorDtype(ctx->input_type(0), tf::DataTypeToEnum<T>::v(),
                                               tf::DataTypeToEnum<Acc>::v()));
-    OP_REQUIRES(ctx, !(want_mask_ && std::is_same<M, bool>::value),
-                absl::InvalidArgumentError(absl::StrCat("want_mask=True needs a floating-point mask; "
-                                            "a boolean mask has no gradient")));
+    OP_REQUIRES(
+        ctx, !(want_mask_ && std::is_same<M, bool>::value),
+        absl::InvalidArgumentError(absl::StrCat("want_mask=True needs a floating-point mask; "
+                                                "a boolean mask has no gradient")));
   }
 
   void Compute(tf::OpKernelContext* ctx) override {
     for (int i = 0; i < 3; ++i) {
       OP_REQUIRES(ctx, tf::TensorShapeUtils::IsScalar(ctx->input(i).shape()),
-                  absl::InvalidArgumentError(absl::StrCat("upstream gradient ", i, " must be a scalar, got ",
-                                              ctx->input(i).shape().DebugString())));
+                  absl::InvalidArgumentError(absl::StrCat("upstream gradient ", i,
+                                                          " must be a scalar, got ",
+                                                          ctx->input(i).shape().DebugString())));
     }
     const tf::Tensor& y_true = ctx->input(3);
     const tf::Tensor& y_pred = ctx->input(4);
@@ -155,9 +155,10 @@ class MaskedLossGradOp : public tf::OpKernel {
     const tf::Tensor& padding_value = ctx->input(6);
     OP_REQUIRES_OK(ctx, ValidateInputs(y_true, y_pred, mask, padding_value));
     for (int i = 7; i < 9; ++i) {
-      OP_REQUIRES(ctx, tf::TensorShapeUtils::IsScalar(ctx->input(i).shape()),
-                  absl::InvalidArgumentError(absl::StrCat("forward output ", i, " must be a scalar, got ",
-                                              ctx->input(i).shape().DebugString())));
+      OP_REQUIRES(
+          ctx, tf::TensorShapeUtils::IsScalar(ctx->input(i).shape()),
+          absl::InvalidArgumentError(absl::StrCat("forward output ", i, " must be a scalar, got ",
+                                                  ctx->input(i).shape().DebugString())));
     }
     const tf::TensorShape empty({0});
     tf::Tensor *grad_true = nullptr, *grad_pred = nullptr, *grad_mask = nullptr;
@@ -172,11 +173,11 @@ class MaskedLossGradOp : public tf::OpKernel {
     scalars.loss = InputData<Acc>(ctx->input(7));
     scalars.weight_sum = InputData<Acc>(ctx->input(8));
     const auto in = MakeInputs<T, M>(y_true, y_pred, mask, padding_value);
-    OP_REQUIRES_OK(ctx, (Launch<Device, Loss, T, M>::Backward(
-                            ctx, in, reduction_, scalars,
-                            DataOrNull<T, kernel_t<T>>(grad_true, want_true_),
-                            DataOrNull<T, kernel_t<T>>(grad_pred, want_pred_),
-                            DataOrNull<M, kernel_t<M>>(grad_mask, want_mask_))));
+    OP_REQUIRES_OK(
+        ctx, (Launch<Device, Loss, T, M>::Backward(
+                 ctx, in, reduction_, scalars, DataOrNull<T, kernel_t<T>>(grad_true, want_true_),
+                 DataOrNull<T, kernel_t<T>>(grad_pred, want_pred_),
+                 DataOrNull<M, kernel_t<M>>(grad_mask, want_mask_))));
   }
 
  private:
@@ -192,60 +193,58 @@ class MaskedLossGradOp : public tf::OpKernel {
 // Registers the forward op NAME and its gradient op NAME "Grad".
 // The accumulator dtype Tout is float32 for 16-bit and float32 inputs and
 // float64 for float64 inputs; the Python wrapper sets it.
-#define MASKED_OPS_REGISTER_LOSS_OPS(NAME)                                 \
-  REGISTER_OP(NAME)                                                        \
-      .Input("y_true: T")                                                  \
-      .Input("y_pred: T")                                                  \
-      .Input("mask: M")                                                    \
-      .Input("padding_value: T")                                           \
-      .Output("loss: Tout")                                                \
-      .Output("sum: Tout")                                                 \
-      .Output("weight_sum: Tout")                                          \
-      .Output("count: int64")                                              \
-      .Attr("T: {half, bfloat16, float, double}")                          \
-      .Attr("M: {bool, half, bfloat16, float, double}")                    \
-      .Attr("Tout: {float, double}")                                       \
-      .Attr("reduction: {'mean', 'sum'} = 'mean'")                         \
-      .SetShapeFn(::masked_ops::tf_adapter::ForwardShape);                 \
-  REGISTER_OP(NAME "Grad")                                                 \
-      .Input("grad_loss: Tout")                                            \
-      .Input("grad_sum: Tout")                                             \
-      .Input("grad_weight_sum: Tout")                                      \
-      .Input("y_true: T")                                                  \
-      .Input("y_pred: T")                                                  \
-      .Input("mask: M")                                                    \
-      .Input("padding_value: T")                                           \
-      .Input("loss: Tout")                                                 \
-      .Input("weight_sum: Tout")                                           \
-      .Output("grad_y_true: T")                                            \
-      .Output("grad_y_pred: T")                                            \
-      .Output("grad_mask: M")                                              \
-      .Attr("T: {half, bfloat16, float, double}")                          \
-      .Attr("M: {bool, half, bfloat16, float, double}")                    \
-      .Attr("Tout: {float, double}")                                       \
-      .Attr("reduction: {'mean', 'sum'} = 'mean'")                         \
-      .Attr("want_y_true: bool = false")                                   \
-      .Attr("want_y_pred: bool = true")                                    \
-      .Attr("want_mask: bool = false")                                     \
+#define MASKED_OPS_REGISTER_LOSS_OPS(NAME)                 \
+  REGISTER_OP(NAME)                                        \
+      .Input("y_true: T")                                  \
+      .Input("y_pred: T")                                  \
+      .Input("mask: M")                                    \
+      .Input("padding_value: T")                           \
+      .Output("loss: Tout")                                \
+      .Output("sum: Tout")                                 \
+      .Output("weight_sum: Tout")                          \
+      .Output("count: int64")                              \
+      .Attr("T: {half, bfloat16, float, double}")          \
+      .Attr("M: {bool, half, bfloat16, float, double}")    \
+      .Attr("Tout: {float, double}")                       \
+      .Attr("reduction: {'mean', 'sum'} = 'mean'")         \
+      .SetShapeFn(::masked_ops::tf_adapter::ForwardShape); \
+  REGISTER_OP(NAME "Grad")                                 \
+      .Input("grad_loss: Tout")                            \
+      .Input("grad_sum: Tout")                             \
+      .Input("grad_weight_sum: Tout")                      \
+      .Input("y_true: T")                                  \
+      .Input("y_pred: T")                                  \
+      .Input("mask: M")                                    \
+      .Input("padding_value: T")                           \
+      .Input("loss: Tout")                                 \
+      .Input("weight_sum: Tout")                           \
+      .Output("grad_y_true: T")                            \
+      .Output("grad_y_pred: T")                            \
+      .Output("grad_mask: M")                              \
+      .Attr("T: {half, bfloat16, float, double}")          \
+      .Attr("M: {bool, half, bfloat16, float, double}")    \
+      .Attr("Tout: {float, double}")                       \
+      .Attr("reduction: {'mean', 'sum'} = 'mean'")         \
+      .Attr("want_y_true: bool = false")                   \
+      .Attr("want_y_pred: bool = true")                    \
+      .Attr("want_mask: bool = false")                     \
       .SetShapeFn(::masked_ops::tf_adapter::GradShape)
 
 // Kernels for one device, loss and input dtype T, with the two mask dtypes the
 // kernels take directly: bool and T itself. Other mask dtypes are converted by
 // the Python wrapper.
-#define MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, T, M)        \
-  REGISTER_KERNEL_BUILDER(Name(NAME)                                                        \
-                              .Device(DEVICE)                                               \
-                              .TypeConstraint<T>("T")                                       \
-                              .TypeConstraint<M>("M")                                       \
-                              .HostMemory("padding_value"),                                 \
-                          ::masked_ops::tf_adapter::MaskedLossOp<DEV_TAG, LOSS, T, M>);     \
-  REGISTER_KERNEL_BUILDER(Name(NAME "Grad")                                                 \
-                              .Device(DEVICE)                                               \
-                              .TypeConstraint<T>("T")                                       \
-                              .TypeConstraint<M>("M")                                       \
-                              .HostMemory("padding_value"),                                 \
+#define MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, T, M)      \
+  REGISTER_KERNEL_BUILDER(                                                                \
+      Name(NAME).Device(DEVICE).TypeConstraint<T>("T").TypeConstraint<M>("M").HostMemory( \
+          "padding_value"),                                                               \
+      ::masked_ops::tf_adapter::MaskedLossOp<DEV_TAG, LOSS, T, M>);                       \
+  REGISTER_KERNEL_BUILDER(Name(NAME "Grad")                                               \
+                              .Device(DEVICE)                                             \
+                              .TypeConstraint<T>("T")                                     \
+                              .TypeConstraint<M>("M")                                     \
+                              .HostMemory("padding_value"),                               \
                           ::masked_ops::tf_adapter::MaskedLossGradOp<DEV_TAG, LOSS, T, M>)
 
-#define MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, T)          \
+#define MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, T)           \
   MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, T, bool); \
   MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, T, T)

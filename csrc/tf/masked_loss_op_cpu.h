@@ -2,11 +2,10 @@
 // allocate_temp around the framework-free kernels.
 #pragma once
 
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/util/work_sharder.h"
-
 #include "../kernels/masked_loss_cpu.h"
 #include "masked_loss_op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/util/work_sharder.h"
 
 namespace masked_ops {
 namespace tf_adapter {
@@ -32,20 +31,20 @@ struct Launch<CPUDevice, Loss, T, M> {
   using Acc = acc_t<KT>;
 
   static absl::Status Forward(tf::OpKernelContext* ctx, const MaskedInputs<KT, KM>& in,
-                            Reduction reduction, Acc* loss, Acc* sum, Acc* weight_sum,
-                            int64_t* count) {
+                              Reduction reduction, Acc* loss, Acc* sum, Acc* weight_sum,
+                              int64_t* count) {
     const size_t bytes = cpu::forward_workspace_bytes(in.n);
     tf::Tensor workspace;
     TF_RETURN_IF_ERROR(ctx->allocate_temp(
         tf::DT_UINT8, tf::TensorShape({static_cast<int64_t>(bytes)}), &workspace));
-    return ToStatus(cpu::forward<Loss>(in, reduction, workspace.flat<uint8_t>().data(), bytes,
-                                       loss, sum, weight_sum, count, IntraOpParallelFor(ctx)),
+    return ToStatus(cpu::forward<Loss>(in, reduction, workspace.flat<uint8_t>().data(), bytes, loss,
+                                       sum, weight_sum, count, IntraOpParallelFor(ctx)),
                     "forward");
   }
 
   static absl::Status Backward(tf::OpKernelContext* ctx, const MaskedInputs<KT, KM>& in,
-                             Reduction reduction, const BackwardScalars<Acc>& scalars,
-                             KT* grad_true, KT* grad_pred, KM* grad_mask) {
+                               Reduction reduction, const BackwardScalars<Acc>& scalars,
+                               KT* grad_true, KT* grad_pred, KM* grad_mask) {
     return ToStatus(cpu::backward<Loss>(in, reduction, scalars, grad_true, grad_pred, grad_mask,
                                         IntraOpParallelFor(ctx)),
                     "backward");
@@ -56,12 +55,12 @@ struct Launch<CPUDevice, Loss, T, M> {
 }  // namespace masked_ops
 
 // CPU kernels of one loss for every supported input dtype.
-#define MASKED_OPS_REGISTER_LOSS_CPU_KERNELS(NAME, LOSS)                                       \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, ::tensorflow::DEVICE_CPU,                       \
-                                   ::masked_ops::tf_adapter::CPUDevice, Eigen::half);          \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, ::tensorflow::DEVICE_CPU,                       \
-                                   ::masked_ops::tf_adapter::CPUDevice, Eigen::bfloat16);      \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, ::tensorflow::DEVICE_CPU,                       \
-                                   ::masked_ops::tf_adapter::CPUDevice, float);                \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, ::tensorflow::DEVICE_CPU,                       \
+#define MASKED_OPS_REGISTER_LOSS_CPU_KERNELS(NAME, LOSS)                                  \
+  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, ::tensorflow::DEVICE_CPU,                  \
+                                   ::masked_ops::tf_adapter::CPUDevice, Eigen::half);     \
+  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, ::tensorflow::DEVICE_CPU,                  \
+                                   ::masked_ops::tf_adapter::CPUDevice, Eigen::bfloat16); \
+  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, ::tensorflow::DEVICE_CPU,                  \
+                                   ::masked_ops::tf_adapter::CPUDevice, float);           \
+  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, ::tensorflow::DEVICE_CPU,                  \
                                    ::masked_ops::tf_adapter::CPUDevice, double)

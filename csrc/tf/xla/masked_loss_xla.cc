@@ -1,0 +1,128 @@
+#include "masked_loss_xla.h"
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "xla/hlo/builder/lib/arithmetic.h"
+
+namespace masked_ops {
+namespace xla_lowering {
+
+std::vector<std::string>& LoweredOps() {
+  static auto* names = new std::vector<std::string>();
+  return *names;
+}
+
+absl::Status ReductionIsSum(tf::OpKernelConstruction* ctx, bool* is_sum) {
+  std::string reduction;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("reduction", &reduction));
+  if (reduction != "mean" && reduction != "sum") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("reduction must be 'mean' or 'sum', got '", reduction, "'"));
+  }
+  *is_sum = reduction == "sum";
+  return absl::OkStatus();
+}
+
+absl::Status Prepare(tf::XlaOpKernelContext* ctx, int first_input, Prepared* out) {
+  const int y_true = first_input, y_pred = first_input + 1, mask = first_input + 2,
+            padding = first_input + 3;
+  TF_ASSIGN_OR_RETURN(const xla::Shape true_shape, ctx->InputXlaShape(y_true));
+  TF_ASSIGN_OR_RETURN(const xla::Shape pred_shape, ctx->InputXlaShape(y_pred));
+  TF_ASSIGN_OR_RETURN(const xla::Shape mask_shape, ctx->InputXlaShape(mask));
+  TF_ASSIGN_OR_RETURN(const xla::Shape padding_shape, ctx->InputXlaShape(padding));
+  if (!xla::ShapeUtil::SameDimensions(true_shape, pred_shape)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("y_true and y_pred must have the same shape, got y_true ",
+                     xla::ShapeUtil::HumanString(true_shape), " and y_pred ",
+                     xla::ShapeUtil::HumanString(pred_shape)));
+  }
+  const auto dims = pred_shape.dimensions();
+  bool prefix = mask_shape.dimensions().size() <= dims.size();
+  for (size_t i = 0; prefix && i < mask_shape.dimensions().size(); ++i) {
+    prefix = mask_shape.dimensions(i) == dims[i];
+  }
+  if (!prefix) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "mask shape ", xla::ShapeUtil::HumanString(mask_shape), " must equal the inputs' shape ",
+        xla::ShapeUtil::HumanString(pred_shape), " or be a leading prefix of it"));
+  }
+  if (padding_shape.dimensions().size() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("padding_value must be a scalar, got shape ",
+                                                   xla::ShapeUtil::HumanString(padding_shape)));
+  }
+  const tf::DataType t_dtype = ctx->input_type(y_pred);
+  out->acc = t_dtype == tf::DT_DOUBLE ? xla::F64 : xla::F32;
+  out->dims.assign(dims.begin(), dims.end());
+  out->mask_rank = mask_shape.dimensions().size();
+
+  std::vector<int64_t> mask_dims(out->mask_rank);
+  for (int64_t i = 0; i < out->mask_rank; ++i) mask_dims[i] = i;
+  const xla::XlaOp m = xla::BroadcastInDim(ctx->Input(mask), out->dims, mask_dims);
+  const xla::XlaOp t_in = ctx->Input(y_true);
+  const xla::XlaOp padding_value = ctx->Input(padding);
+  const xla::XlaOp not_padding = xla::Ne(t_in, padding_value, {});
+  xla::XlaOp mask_kept;
+  if (ctx->input_type(mask) == tf::DT_BOOL) {
+    mask_kept = m;
+    out->w = xla::ConvertElementType(m, out->acc);
+  } else {
+    out->w = xla::ConvertElementType(m, out->acc);
+    mask_kept = xla::Ne(out->w, xla::ScalarLike(out->w, 0));
+  }
+  out->keep = xla::And(mask_kept, not_padding);
+  const xla::XlaOp t = xla::ConvertElementType(t_in, out->acc);
+  const xla::XlaOp p = xla::ConvertElementType(ctx->Input(y_pred), out->acc);
+  out->zeros = xla::ZerosLike(t);
+  out->t = xla::Select(out->keep, t, out->zeros);
+  out->p = xla::Select(out->keep, p, out->zeros);
+  return absl::OkStatus();
+}
+
+xla::XlaOp SumAll(tf::XlaOpKernelContext* ctx, xla::XlaOp x, xla::PrimitiveType type) {
+  return xla::ReduceAll(x, xla::Zero(ctx->builder(), type),
+                        xla::CreateScalarAddComputation(type, ctx->builder()));
+}
+
+xla::XlaOp SumToMask(tf::XlaOpKernelContext* ctx, xla::XlaOp x, const Prepared& in) {
+  std::vector<int64_t> inner;
+  for (int64_t i = in.mask_rank; i < static_cast<int64_t>(in.dims.size()); ++i) inner.push_back(i);
+  if (inner.empty()) return x;
+  return xla::Reduce(x, xla::Zero(ctx->builder(), in.acc),
+                     xla::CreateScalarAddComputation(in.acc, ctx->builder()), inner);
+}
+
+namespace {
+
+// Lists the ops with lowerings in this library; Python asks it whether to emit
+// an op under XLA or the equivalent pure-TF formula. TensorFlow turns lowerings
+// into kernels for the XLA devices once per process: running this op makes
+// that happen now, so Python can then check that ours were included (they are
+// not when XLA compiled something before this library was loaded).
+class LoweredOpsOp : public tf::OpKernel {
+ public:
+  explicit LoweredOpsOp(tf::OpKernelConstruction* ctx) : tf::OpKernel(ctx) {}
+
+  void Compute(tf::OpKernelContext* ctx) override {
+    tf::XlaOpRegistry::RegisterCompilationKernels();
+    const auto& names = LoweredOps();
+    tf::Tensor* out = nullptr;
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_output(0, tf::TensorShape({static_cast<int64_t>(names.size())}), &out));
+    auto flat = out->flat<tf::tstring>();
+    for (size_t i = 0; i < names.size(); ++i) flat(i) = names[i];
+  }
+};
+
+}  // namespace
+
+REGISTER_OP("MaskedOpsXlaLoweredOps")
+    .Output("names: string")
+    .SetShapeFn([](tf::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->Vector(c->UnknownDim()));
+      return absl::OkStatus();
+    });
+REGISTER_KERNEL_BUILDER(Name("MaskedOpsXlaLoweredOps").Device(tf::DEVICE_CPU), LoweredOpsOp);
+
+}  // namespace xla_lowering
+}  // namespace masked_ops

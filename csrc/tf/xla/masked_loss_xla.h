@@ -1,0 +1,159 @@
+// XLA lowerings of the masked-loss ops, so that they compile under
+// jit_compile=True. They express the kernels' select-based formula (see
+// ../../kernels/masked_loss.h) with XLA ops; a loss supplies its element math
+// as XLA ops through a traits struct with value/grad_pred/grad_true.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tensorflow/compiler/tf2xla/type_util.h"
+#include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
+#include "tensorflow/compiler/tf2xla/xla_op_registry.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "xla/hlo/builder/lib/constants.h"
+#include "xla/hlo/builder/xla_builder.h"
+
+namespace masked_ops {
+namespace xla_lowering {
+
+namespace tf = ::tensorflow;
+
+// Names of the forward ops that have lowerings, for the library's
+// MaskedOpsXlaLoweredOps op (Python asks it whether to emit the op under XLA).
+std::vector<std::string>& LoweredOps();
+
+struct LoweredOpRegistrar {
+  explicit LoweredOpRegistrar(const char* name) { LoweredOps().emplace_back(name); }
+};
+
+// Everything both directions need, built from (y_true, y_pred, mask, padding_value).
+struct Prepared {
+  xla::PrimitiveType acc;
+  xla::XlaOp t, p;  // inputs in the accumulator type, 0 where not kept
+  xla::XlaOp w;     // mask weight broadcast to the inputs' shape, accumulator type
+  xla::XlaOp keep;  // (w != 0) && (y_true != padding_value)
+  xla::XlaOp zeros;
+  std::vector<int64_t> dims;  // inputs' shape
+  int64_t mask_rank;
+};
+
+absl::Status Prepare(tf::XlaOpKernelContext* ctx, int first_input, Prepared* out);
+
+// Sum over all elements of `x` (of type `type`).
+xla::XlaOp SumAll(tf::XlaOpKernelContext* ctx, xla::XlaOp x, xla::PrimitiveType type);
+
+// Sums `x` (inputs' shape) over the trailing dims each mask entry covers.
+xla::XlaOp SumToMask(tf::XlaOpKernelContext* ctx, xla::XlaOp x, const Prepared& in);
+
+absl::Status ReductionIsSum(tf::OpKernelConstruction* ctx, bool* is_sum);
+
+template <class Loss>
+class MaskedLossXlaOp : public tf::XlaOpKernel {
+ public:
+  explicit MaskedLossXlaOp(tf::OpKernelConstruction* ctx) : tf::XlaOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReductionIsSum(ctx, &is_sum_));
+  }
+
+  void Compile(tf::XlaOpKernelContext* ctx) override {
+    Prepared in;
+    OP_REQUIRES_OK(ctx, Prepare(ctx, 0, &in));
+    const xla::XlaOp sum =
+        SumAll(ctx, xla::Select(in.keep, in.w * Loss::value(in.t, in.p), in.zeros), in.acc);
+    const xla::XlaOp weight_sum = SumAll(ctx, xla::Select(in.keep, in.w, in.zeros), in.acc);
+    const xla::XlaOp count = SumAll(ctx, xla::ConvertElementType(in.keep, xla::S64), xla::S64);
+    xla::XlaOp loss = sum;
+    if (!is_sum_) {
+      // The mean is exactly 0 when nothing is kept.
+      const xla::XlaOp zero = xla::ScalarLike(weight_sum, 0);
+      const xla::XlaOp nonzero = xla::Ne(weight_sum, zero);
+      loss = xla::Select(nonzero, sum / xla::Select(nonzero, weight_sum, xla::ScalarLike(sum, 1)),
+                         zero);
+    }
+    ctx->SetOutput(0, loss);
+    ctx->SetOutput(1, sum);
+    ctx->SetOutput(2, weight_sum);
+    ctx->SetOutput(3, count);
+  }
+
+ private:
+  bool is_sum_ = false;
+};
+
+template <class Loss>
+class MaskedLossGradXlaOp : public tf::XlaOpKernel {
+ public:
+  explicit MaskedLossGradXlaOp(tf::OpKernelConstruction* ctx) : tf::XlaOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReductionIsSum(ctx, &is_sum_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("want_y_true", &want_true_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("want_y_pred", &want_pred_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("want_mask", &want_mask_));
+  }
+
+  void Compile(tf::XlaOpKernelContext* ctx) override {
+    Prepared in;
+    OP_REQUIRES_OK(ctx, Prepare(ctx, 3, &in));
+    OP_REQUIRES(ctx, !(want_mask_ && ctx->input_type(5) == tf::DT_BOOL),
+                absl::InvalidArgumentError(
+                    "want_mask=True needs a floating-point mask; a boolean mask has no gradient"));
+    const xla::XlaOp grad_loss = ctx->Input(0);
+    const xla::XlaOp grad_sum = ctx->Input(1);
+    const xla::XlaOp grad_weight_sum = ctx->Input(2);
+    const xla::XlaOp loss = ctx->Input(7);
+    const xla::XlaOp weight_sum = ctx->Input(8);
+    // Same coefficients as grad_coefficients() in masked_loss.h.
+    xla::XlaOp a = grad_loss + grad_sum;
+    xla::XlaOp b = grad_weight_sum;
+    if (!is_sum_) {
+      const xla::XlaOp zero = xla::ScalarLike(weight_sum, 0);
+      const xla::XlaOp nonzero = xla::Ne(weight_sum, zero);
+      const xla::XlaOp inv =
+          xla::Select(nonzero,
+                      xla::ScalarLike(weight_sum, 1) /
+                          xla::Select(nonzero, weight_sum, xla::ScalarLike(weight_sum, 1)),
+                      zero);
+      a = grad_loss * inv + grad_sum;
+      b = grad_weight_sum - grad_loss * loss * inv;
+    }
+    const xla::PrimitiveType t_type = ctx->input_xla_type(3);
+    const xla::XlaOp aw = a * in.w;
+    auto element_grad = [&](xla::XlaOp g) {
+      return xla::ConvertElementType(xla::Select(in.keep, aw * g, in.zeros), t_type);
+    };
+    ctx->SetOutput(0, want_true_ ? element_grad(Loss::grad_true(in.t, in.p)) : Empty(ctx, t_type));
+    ctx->SetOutput(1, want_pred_ ? element_grad(Loss::grad_pred(in.t, in.p)) : Empty(ctx, t_type));
+    const xla::PrimitiveType m_type = ctx->input_xla_type(5);
+    if (want_mask_) {
+      const xla::XlaOp per_element =
+          xla::Select(in.keep, a * Loss::value(in.t, in.p) + b, in.zeros);
+      ctx->SetOutput(2, xla::ConvertElementType(SumToMask(ctx, per_element, in), m_type));
+    } else {
+      ctx->SetOutput(2, Empty(ctx, m_type));
+    }
+  }
+
+ private:
+  static xla::XlaOp Empty(tf::XlaOpKernelContext* ctx, xla::PrimitiveType type) {
+    return xla::Broadcast(xla::Zero(ctx->builder(), type), {0});
+  }
+
+  bool is_sum_ = false;
+  bool want_true_ = false;
+  bool want_pred_ = true;
+  bool want_mask_ = false;
+};
+
+}  // namespace xla_lowering
+}  // namespace masked_ops
+
+// Registers the lowerings of the forward op NAME and its gradient NAME "Grad".
+// padding_value stays an ordinary operand: it need not be a compile-time constant.
+#define MASKED_OPS_REGISTER_LOSS_XLA(NAME, XLA_LOSS)                                             \
+  REGISTER_XLA_OP(Name(NAME), ::masked_ops::xla_lowering::MaskedLossXlaOp<XLA_LOSS>);            \
+  REGISTER_XLA_OP(Name(NAME "Grad"), ::masked_ops::xla_lowering::MaskedLossGradXlaOp<XLA_LOSS>); \
+  static ::masked_ops::xla_lowering::LoweredOpRegistrar MASKED_OPS_XLA_CONCAT(                   \
+      masked_ops_xla_registrar_, __COUNTER__)(NAME)
+
+#define MASKED_OPS_XLA_CONCAT_INNER(a, b) a##b
+#define MASKED_OPS_XLA_CONCAT(a, b) MASKED_OPS_XLA_CONCAT_INNER(a, b)
