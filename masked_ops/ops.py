@@ -5,7 +5,7 @@ import collections
 
 import tensorflow as tf
 
-from masked_ops import _inputs
+from masked_ops import _inputs, _xla
 from masked_ops._loader import op_library
 
 MaskedSums = collections.namedtuple("MaskedSums", ["sum", "weight_sum", "count"])
@@ -62,6 +62,8 @@ def register_gradient(op_name, grad_op):
 def fused(op, y_true, y_pred, mask, padding_value, reduction):
     """Runs a masked-loss op; returns (loss, sum, weight_sum, count)."""
     _inputs.check_reduction(reduction)
+    if _xla.use_fallback(op):
+        return _xla.fallback(op, y_true, y_pred, mask, padding_value, reduction)
     y_true, y_pred, mask, padding_value = _inputs.prepare(y_true, y_pred, mask, padding_value)
     return op(
         y_true=y_true,
@@ -84,9 +86,7 @@ def masked_squared_error_sums(y_true, y_pred, mask=None, *, padding_value=None):
     integer or float weights; the inputs' shape or a leading prefix of it) and
     not equal to `padding_value`.
     """
-    _, s, w, c = fused(
-        op_library.masked_squared_error, y_true, y_pred, mask, padding_value, "sum"
-    )
+    _, s, w, c = fused(op_library.masked_squared_error, y_true, y_pred, mask, padding_value, "sum")
     return MaskedSums(s, w, c)
 
 
@@ -97,6 +97,4 @@ def masked_mse(y_true, y_pred, mask=None, *, padding_value=None, reduction="mean
     reduction="sum": the masked sum. Masked positions contribute nothing and get
     zero gradient even when they hold NaN or Inf.
     """
-    return fused(
-        op_library.masked_squared_error, y_true, y_pred, mask, padding_value, reduction
-    )[0]
+    return fused(op_library.masked_squared_error, y_true, y_pred, mask, padding_value, reduction)[0]

@@ -79,9 +79,14 @@ absl::Status Prepare(tf::XlaOpKernelContext* ctx, int first_input, Prepared* out
   return absl::OkStatus();
 }
 
+// Float32 totals are accumulated in float64: XLA's CPU reduction is a running
+// sum whose float32 error grows with n (3e-4 relative at 2^24 was seen).
 xla::XlaOp SumAll(tf::XlaOpKernelContext* ctx, xla::XlaOp x, xla::PrimitiveType type) {
-  return xla::ReduceAll(x, xla::Zero(ctx->builder(), type),
-                        xla::CreateScalarAddComputation(type, ctx->builder()));
+  const xla::PrimitiveType wide = type == xla::F32 ? xla::F64 : type;
+  const xla::XlaOp total =
+      xla::ReduceAll(xla::ConvertElementType(x, wide), xla::Zero(ctx->builder(), wide),
+                     xla::CreateScalarAddComputation(wide, ctx->builder()));
+  return wide == type ? total : xla::ConvertElementType(total, type);
 }
 
 xla::XlaOp SumToMask(tf::XlaOpKernelContext* ctx, xla::XlaOp x, const Prepared& in) {
