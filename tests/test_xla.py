@@ -172,3 +172,22 @@ def test_library_loaded_after_xla_started_falls_back():
     lowered, loss = result.stdout.split()[-2:]
     assert lowered == "False"
     assert float(loss) == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize("n", [2**18, 2**18 + 3])
+def test_float32_totals_under_jit_are_accurate(n):
+    """Float32 totals under XLA are summed in blocks (n a multiple of the
+    block) or in float64 (other n): both within the reduction tolerance of a
+    float64 reference, where a plain float32 running sum is not."""
+    rng = np.random.default_rng(n)
+    y_true = rng.normal(size=n).astype(np.float32)
+    y_pred = (y_true + rng.normal(size=n) + 3.0).astype(np.float32)
+    keep = rng.random(n) < 0.7
+    compiled = tf.function(
+        lambda t, p, m: masked_ops.masked_squared_error_sums(t, p, m), jit_compile=True
+    )
+    total, weight_sum, count = compiled(y_true, y_pred, keep)
+    d = y_true.astype(np.float64) - y_pred.astype(np.float64)
+    assert_close(total, np.sum(np.where(keep, d * d, 0.0)), tf.float32)
+    assert_close(weight_sum, keep.sum(), tf.float32)
+    assert int(count) == keep.sum()

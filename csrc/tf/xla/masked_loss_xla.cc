@@ -79,14 +79,32 @@ absl::Status Prepare(tf::XlaOpKernelContext* ctx, int first_input, Prepared* out
   return absl::OkStatus();
 }
 
-// Float32 totals are accumulated in float64: XLA's CPU reduction is a running
-// sum whose float32 error grows with n (3e-4 relative at 2^24 was seen).
+// Float32 totals: XLA's CPU reduction is a running sum whose float32 error
+// grows with n (3e-4 relative at 2^24 was seen). Rows of kBlock elements are
+// summed in float32 and the row totals in float64, which bounds the error like
+// the CPU kernel's blocks and keeps the pass in float32; sizes that are not a
+// multiple of kBlock are summed in float64 directly.
 xla::XlaOp SumAll(tf::XlaOpKernelContext* ctx, xla::XlaOp x, xla::PrimitiveType type) {
-  const xla::PrimitiveType wide = type == xla::F32 ? xla::F64 : type;
+  constexpr int64_t kBlock = 256;
+  auto sum = [&](xla::XlaOp v, xla::PrimitiveType t, absl::Span<const int64_t> dims) {
+    return xla::Reduce(v, xla::Zero(ctx->builder(), t),
+                       xla::CreateScalarAddComputation(t, ctx->builder()), dims);
+  };
+  if (type != xla::F32) {
+    return xla::ReduceAll(x, xla::Zero(ctx->builder(), type),
+                          xla::CreateScalarAddComputation(type, ctx->builder()));
+  }
+  const absl::StatusOr<xla::Shape> shape = ctx->builder()->GetShape(x);
+  const int64_t n = shape.ok() ? xla::ShapeUtil::ElementsIn(*shape) : -1;
+  if (n >= kBlock && n % kBlock == 0) {
+    const xla::XlaOp rows = sum(xla::Reshape(x, {n / kBlock, kBlock}), xla::F32, {1});
+    return xla::ConvertElementType(sum(xla::ConvertElementType(rows, xla::F64), xla::F64, {0}),
+                                   xla::F32);
+  }
   const xla::XlaOp total =
-      xla::ReduceAll(xla::ConvertElementType(x, wide), xla::Zero(ctx->builder(), wide),
-                     xla::CreateScalarAddComputation(wide, ctx->builder()));
-  return wide == type ? total : xla::ConvertElementType(total, type);
+      xla::ReduceAll(xla::ConvertElementType(x, xla::F64), xla::Zero(ctx->builder(), xla::F64),
+                     xla::CreateScalarAddComputation(xla::F64, ctx->builder()));
+  return xla::ConvertElementType(total, xla::F32);
 }
 
 xla::XlaOp SumToMask(tf::XlaOpKernelContext* ctx, xla::XlaOp x, const Prepared& in) {
