@@ -55,12 +55,6 @@ struct Launch<CPUDevice, Loss, T, M> {
 }  // namespace masked_ops
 
 // CPU kernels of one loss for every supported input dtype.
-#define MASKED_OPS_REGISTER_LOSS_CPU_KERNELS(NAME, LOSS)                                  \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, ::tensorflow::DEVICE_CPU,                  \
-                                   ::masked_ops::tf_adapter::CPUDevice, Eigen::half);     \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, ::tensorflow::DEVICE_CPU,                  \
-                                   ::masked_ops::tf_adapter::CPUDevice, Eigen::bfloat16); \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, ::tensorflow::DEVICE_CPU,                  \
-                                   ::masked_ops::tf_adapter::CPUDevice, float);           \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, ::tensorflow::DEVICE_CPU,                  \
-                                   ::masked_ops::tf_adapter::CPUDevice, double)
+#define MASKED_OPS_REGISTER_LOSS_CPU_KERNELS(NAME, LOSS)                            \
+  MASKED_OPS_REGISTER_LOSS_KERNELS_ALL_DTYPES(NAME, LOSS, ::tensorflow::DEVICE_CPU, \
+                                              ::masked_ops::tf_adapter::CPUDevice)

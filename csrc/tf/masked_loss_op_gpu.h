@@ -87,12 +87,6 @@ struct Launch<GPUDevice, Loss, T, M> {
 
 // GPU kernels of one loss for every supported input dtype (padding_value stays
 // in host memory: it is read when the kernels are launched).
-#define MASKED_OPS_REGISTER_LOSS_GPU_KERNELS(NAME, LOSS)                                  \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, ::tensorflow::DEVICE_GPU,                  \
-                                   ::masked_ops::tf_adapter::GPUDevice, Eigen::half);     \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, ::tensorflow::DEVICE_GPU,                  \
-                                   ::masked_ops::tf_adapter::GPUDevice, Eigen::bfloat16); \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, ::tensorflow::DEVICE_GPU,                  \
-                                   ::masked_ops::tf_adapter::GPUDevice, float);           \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, ::tensorflow::DEVICE_GPU,                  \
-                                   ::masked_ops::tf_adapter::GPUDevice, double)
+#define MASKED_OPS_REGISTER_LOSS_GPU_KERNELS(NAME, LOSS)                            \
+  MASKED_OPS_REGISTER_LOSS_KERNELS_ALL_DTYPES(NAME, LOSS, ::tensorflow::DEVICE_GPU, \
+                                              ::masked_ops::tf_adapter::GPUDevice)
