@@ -54,7 +54,7 @@ setup(
     ext_modules=[CMakeExtension("masked_ops._native")],
     cmdclass={"build_ext": CMakeBuild},
     package_data={"masked_ops": ["*.so", "_build_info.json"]},
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=["tensorflow>=2.16", "numpy"],
     zip_safe=False,
 )
