@@ -263,7 +263,7 @@ class HostBackend:
 
     @staticmethod
     def same_bits(a, b):
-        return all(x.tobytes() == y.tobytes() for x, y in zip(a.outputs, b.outputs))
+        return all(x.tobytes() == y.tobytes() for x, y in zip(a.outputs, b.outputs, strict=False))
 
     def free(self, *_):
         pass
@@ -383,7 +383,8 @@ class CudaBackend:
         kw = {"dtype": case.dtype, "stream": self.stream()}
         k.forward_cuda(t, p, m, PAD, case.reduction, out, count, fw, **kw)
         g_views = [
-            None if g is None else self.cai(g.view(x.shape)) for g, x in zip(grads, (t, p, m))
+            None if g is None else self.cai(g.view(x.shape))
+            for g, x in zip(grads, (t, p, m), strict=False)
         ]
         k.backward_cuda(upstream, out, t, p, m, PAD, case.reduction, *g_views, bw, **kw)
         torch.cuda.synchronize()
@@ -392,7 +393,7 @@ class CudaBackend:
             unwritten.append(f"out={out.tolist()}")
         if int(count.item()) == -1:
             unwritten.append("count")
-        for name, g in zip(("grad_y_true", "grad_y_pred", "grad_mask"), grads):
+        for name, g in zip(("grad_y_true", "grad_y_pred", "grad_mask"), grads, strict=False):
             if g is not None and bool(torch.isnan(g).any()):
                 unwritten.append(f"{name} ({int(torch.isnan(g).sum())} NaN left)")
         outputs = tuple(x for x in (out, count, *grads) if x is not None)
@@ -401,7 +402,10 @@ class CudaBackend:
 
     def same_bits(self, a, b):
         u8 = self.torch.uint8
-        return all(self.torch.equal(x.view(u8), y.view(u8)) for x, y in zip(a.outputs, b.outputs))
+        return all(
+            self.torch.equal(x.view(u8), y.view(u8))
+            for x, y in zip(a.outputs, b.outputs, strict=False)
+        )
 
     def f64(self, x):
         return x.to(self.torch.float64)

@@ -50,14 +50,16 @@ def plot(run, out):
             for path in dict.fromkeys(r["path"] for r in mine if r["impl"] != "ceiling"):
                 pts = sorted((r["case_n"], r["median_s"]) for r in mine if r["path"] == path)
                 impl, mode = path.split("/")
-                ax.plot(*zip(*pts), STYLES[impl], marker=MARKERS[mode], label=path)
+                ax.plot(*zip(*pts, strict=False), STYLES[impl], marker=MARKERS[mode], label=path)
             floor = sorted(
                 (r["case_n"], r["read_floor_s"])
                 for r in mine
                 if r["path"] == "fused/eager" and r.get("read_floor_s")
             )
             if floor:
-                ax.plot(*zip(*floor), ":", color="black", label="bytes / read bandwidth")
+                ax.plot(
+                    *zip(*floor, strict=False), ":", color="black", label="bytes / read bandwidth"
+                )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("N (elements)")

@@ -64,7 +64,7 @@ def main(epochs=5, batches=8):
     fused = train(MaskedMeanSquaredError(padding_value=PAD), epochs, batches)
     reference = train(handwritten_masked_mse, epochs, batches)
     print(f"{'epoch':>5} {'fused':>12} {'hand-written':>12}")
-    for epoch, (a, b) in enumerate(zip(fused, reference), 1):
+    for epoch, (a, b) in enumerate(zip(fused, reference, strict=False), 1):
         print(f"{epoch:>5} {a:>12.6f} {b:>12.6f}")
     return fused, reference
 

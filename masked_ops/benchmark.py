@@ -412,7 +412,9 @@ def format_table(rows):
         if len(r) == 1:
             lines.append(r[0])
         else:
-            lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+            lines.append(
+                "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()
+            )
     return "\n".join(lines)
 
 

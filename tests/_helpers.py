@@ -299,7 +299,7 @@ def fused_raw_results(case, fn=None):
     loss, total, (s, w, c), grads = compute(*sources)
     out = {"loss": bits(loss), "loss_sum": bits(total), "sum": bits(s)}
     out.update({"weight_sum": bits(w), "count": bits(c)})
-    for name, g in zip(("grad_y_true", "grad_y_pred", "grad_mask"), grads):
+    for name, g in zip(("grad_y_true", "grad_y_pred", "grad_mask"), grads, strict=False):
         out[name] = bits(g)
     return out
 

@@ -160,7 +160,7 @@ def test_backward_writes_only_wanted(want):
         1.0, 0.0, 0.0, t, p, m, None, float(loss), float(weight_sum), "mean",
         want_y_true=want == "y_true", want_y_pred=want == "y_pred", want_mask=want == "mask",
     )  # fmt: skip
-    for name, grad in zip(("y_true", "y_pred", "mask"), grads):
+    for name, grad in zip(("y_true", "y_pred", "mask"), grads, strict=False):
         if name == want:
             assert grad is not None and grad.shape == (t if name != "mask" else m).shape
             assert np.any(grad != 0)
@@ -242,7 +242,7 @@ def test_results_do_not_depend_on_thread_count():
         four = kernels.forward(t, p, m), kernels.backward(1, 0, 0, t, p, m, None, 1, 1)
     finally:
         kernels.set_num_threads(before)
-    for a, b in zip(one[0], four[0]):
+    for a, b in zip(one[0], four[0], strict=False):
         assert_bitwise_equal(np.asarray(a), np.asarray(b), "forward")
     assert_bitwise_equal(one[1][1], four[1][1], "grad_y_pred")
 
@@ -276,7 +276,9 @@ def test_bitwise_equal_to_tf_op(dtype, kind, shape):
         1.0, 0.0, 0.0, t, p, m, case.padding_value, float(loss), float(weight_sum), "mean",
         want_y_true=True, want_y_pred=True, want_mask=case.mask_is_float,
     )  # fmt: skip
-    for name, mine, theirs in zip(("grad_y_true", "grad_y_pred", "grad_mask"), grads, tf_grads):
+    for name, mine, theirs in zip(
+        ("grad_y_true", "grad_y_pred", "grad_mask"), grads, tf_grads, strict=False
+    ):
         assert_bitwise_equal(mine, theirs.numpy(), name)
 
 
@@ -528,7 +530,7 @@ def test_cuda_matches_host(dtype, kind):
                                   want_mask=want_mask)  # fmt: skip
     o = out.cpu().numpy()
     assert int(count.cpu()) == n
-    for got, want in zip(o, (loss, total, weight_sum)):
+    for got, want in zip(o, (loss, total, weight_sum), strict=False):
         assert_close(got, want, dtype)
     assert_close(grad_pred.cpu().numpy(), host_grads[1], dtype, "elementwise")
     if want_mask:

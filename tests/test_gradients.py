@@ -58,7 +58,7 @@ def check_jacobians(f, xs, mode):
         f = tf.function(f)
     theoretical, numeric = tf.test.compute_gradient(f, xs, delta=DELTA)
     assert len(theoretical) == len(xs)
-    for th, nu, x in zip(theoretical, numeric, xs):
+    for th, nu, x in zip(theoretical, numeric, xs, strict=False):
         assert th.shape == (1, int(np.prod(x.shape)))
         assert np.any(th != 0)
         np.testing.assert_allclose(th, nu, rtol=NUMERIC_RTOL, atol=NUMERIC_ATOL)
@@ -119,7 +119,7 @@ def tape_gradients(loss_fn, case, reduction, mode, watch=("y_true", "y_pred", "m
     names = [n for n in watch if n != "mask" or case.mask_is_float]
 
     def compute(*sources):
-        values = dict(inputs, **dict(zip(names, sources)))
+        values = dict(inputs, **dict(zip(names, sources, strict=False)))
         with tf.GradientTape() as tape:
             tape.watch(sources)
             loss = loss_fn(
@@ -134,7 +134,7 @@ def tape_gradients(loss_fn, case, reduction, mode, watch=("y_true", "y_pred", "m
 
     if mode == "function":
         compute = tf.function(compute)
-    return dict(zip(names, compute(*[inputs[n] for n in names])))
+    return dict(zip(names, compute(*[inputs[n] for n in names]), strict=False))
 
 
 def check_gradients(case, reduction, mode, watch=("y_true", "y_pred", "mask")):

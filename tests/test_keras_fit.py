@@ -75,7 +75,7 @@ def _assert_same_training(got, expected, dtype=tf.float32):
     assert np.all(np.isfinite(losses))
     assert_close(losses, e_losses, dtype)
     assert_close(evaluated, e_evaluated, dtype)
-    for w, e in zip(weights, e_weights):
+    for w, e in zip(weights, e_weights, strict=False):
         assert_close(w, e, dtype)
 
 

@@ -310,10 +310,10 @@ def test_nan_and_inf_under_mask_do_not_leak(dtype, kind, reduction):
     )
     y_true, y_pred = poisoned(case)
     out, grads = fused_results(y_true, y_pred, case.mask, case.padding_value, reduction)
-    for name, a, e in zip(["loss", "sum", "weight_sum", "count"], out, clean_out):
+    for name, a, e in zip(["loss", "sum", "weight_sum", "count"], out, clean_out, strict=False):
         assert np.all(np.isfinite(as_f64(a))), name
         assert_bitwise_equal(a, e, name)
-    for name, a, e in zip(["d/dy_true", "d/dy_pred", "d/dmask"], grads, clean_grads):
+    for name, a, e in zip(["d/dy_true", "d/dy_pred", "d/dmask"], grads, clean_grads, strict=False):
         assert np.all(np.isfinite(as_f64(a))), name
         assert_bitwise_equal(a, e, name)
     # And the clean results are right.
@@ -371,7 +371,7 @@ def test_all_masked_gives_exact_zeros(dtype, kind, reduction, mode):
     loss, (s, w, c), grads = compute(*sources)
     assert float(loss) == 0.0 and not np.isnan(float(loss))
     assert float(s) == 0.0 and float(w) == 0.0 and int(c) == 0
-    for g, x in zip(grads, sources):
+    for g, x in zip(grads, sources, strict=False):
         assert g is not None and g.shape == x.shape and g.dtype == x.dtype
         g64 = as_f64(g)
         assert np.all(g64 == 0.0), g64

@@ -76,7 +76,7 @@ def _all_cases(dtype):
     def run(inputs):
         return [
             _loss_and_grads(*case_inputs, reduction)
-            for case_inputs, (_, reduction) in zip(inputs, CASES)
+            for case_inputs, (_, reduction) in zip(inputs, CASES, strict=False)
         ]
 
     return inputs, run
@@ -88,13 +88,15 @@ def _check(dtype, forced):
     with _xla.force_fallback() if forced else contextlib.nullcontext():
         results = jitted(inputs)
         types = _op_types(jitted, inputs)
-    for (outputs, grads), (e_outputs, e_grads), case in zip(results, run(inputs), CASES):
+    for (outputs, grads), (e_outputs, e_grads), case in zip(
+        results, run(inputs), CASES, strict=False
+    ):
         loss, total, weight_sum, count = outputs
         e_loss, e_total, e_weight_sum, e_count = e_outputs
         for got, expected in [(loss, e_loss), (total, e_total), (weight_sum, e_weight_sum)]:
             assert_close(got, expected, dtype)
         assert count.numpy() == e_count.numpy(), case
-        for got, expected in zip(grads, e_grads):
+        for got, expected in zip(grads, e_grads, strict=False):
             assert np.all(np.isfinite(np.asarray(got, np.float64))), case
             assert_close(got, expected, dtype, "elementwise")
     return types
