@@ -147,6 +147,20 @@ __device__ __forceinline__ float load_acc(bfloat16_t x) {
 __device__ __forceinline__ float load_acc(float x) { return x; }
 __device__ __forceinline__ double load_acc(double x) { return x; }
 
+// Loads V consecutive (vector-aligned) y_true and y_pred values in the
+// accumulator type: the vector path of both the forward and the backward.
+template <int V, typename T>
+__device__ __forceinline__ void load_vector(const T* y_true, const T* y_pred, int64_t i,
+                                            acc_t<T>* t, acc_t<T>* p) {
+  const auto tp = load(reinterpret_cast<const Pack<T, V>*>(y_true + i));
+  const auto pp = load(reinterpret_cast<const Pack<T, V>*>(y_pred + i));
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    t[j] = load_acc(tp.v[j]);
+    p[j] = load_acc(pp.v[j]);
+  }
+}
+
 template <typename T>
 struct DeviceStore {
   __device__ __forceinline__ static T from(acc_t<T> x) { return T(x); }
@@ -353,14 +367,8 @@ struct ForwardOp {
   }
 
   __device__ __forceinline__ void vector(int64_t i, const Acc* w) {
-    const auto tp = load(reinterpret_cast<const Pack<T, V>*>(y_true + i));
-    const auto pp = load(reinterpret_cast<const Pack<T, V>*>(y_pred + i));
     Acc t[V], p[V];
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      t[j] = load_acc(tp.v[j]);
-      p[j] = load_acc(pp.v[j]);
-    }
+    load_vector<V>(y_true, y_pred, i, t, p);
     add(t, p, w, V);
   }
 
@@ -447,14 +455,8 @@ struct BackwardOp {
   }
 
   __device__ __forceinline__ void vector(int64_t i, const Acc* w) {
-    const auto tp = load(reinterpret_cast<const Pack<T, V>*>(y_true + i));
-    const auto pp = load(reinterpret_cast<const Pack<T, V>*>(y_pred + i));
     Acc t[V], p[V];
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      t[j] = load_acc(tp.v[j]);
-      p[j] = load_acc(pp.v[j]);
-    }
+    load_vector<V>(y_true, y_pred, i, t, p);
     write<V>(i, t, p, w);
   }
 

@@ -617,6 +617,20 @@ DeviceInputs device_inputs(const py::object& y_true, const py::object& y_pred,
   return in;
 }
 
+// Kernel arguments from validated device arrays. No mask: a null mask with one
+// entry weighs every element 1.
+template <typename T, typename M>
+MaskedInputs<T, M> kernel_inputs(const DeviceInputs& d) {
+  MaskedInputs<T, M> in;
+  in.y_true = reinterpret_cast<const T*>(d.y_true.ptr);
+  in.y_pred = reinterpret_cast<const T*>(d.y_pred.ptr);
+  in.mask = d.mask ? reinterpret_cast<const M*>(d.mask->ptr) : nullptr;
+  in.mask_n = d.mask ? d.mask->size() : 1;
+  in.n = d.y_pred.size();
+  in.padding_value = padding_in<T>(d.padding_value);
+  return in;
+}
+
 // One stream for the whole call: stream= if given, else the one the arrays name.
 intptr_t choose_stream(const py::object& stream, const std::vector<const DeviceArray*>& arrays) {
   if (!stream.is_none()) return stream.cast<intptr_t>();
@@ -745,14 +759,7 @@ void forward_cuda(const py::object& y_true, const py::object& y_pred, const py::
     using T = typename decltype(t)::type;
     using M = typename decltype(m)::type;
     using Acc = acc_t<T>;
-    MaskedInputs<T, M> in;
-    in.y_true = reinterpret_cast<const T*>(d.y_true.ptr);
-    in.y_pred = reinterpret_cast<const T*>(d.y_pred.ptr);
-    // No mask: a null mask with one entry weighs every element 1.
-    in.mask = d.mask ? reinterpret_cast<const M*>(d.mask->ptr) : nullptr;
-    in.mask_n = d.mask ? d.mask->size() : 1;
-    in.n = n;
-    in.padding_value = padding_in<T>(d.padding_value);
+    const auto in = kernel_inputs<T, M>(d);
     Acc* o = reinterpret_cast<Acc*>(out.ptr);
     py::gil_scoped_release release;
     s = cuda::forward<SquaredError>(
@@ -826,13 +833,7 @@ void backward_cuda(const py::object& upstream_obj, const py::object& forward_out
     using T = typename decltype(t)::type;
     using M = typename decltype(m)::type;
     using Acc = acc_t<T>;
-    MaskedInputs<T, M> in;
-    in.y_true = reinterpret_cast<const T*>(d.y_true.ptr);
-    in.y_pred = reinterpret_cast<const T*>(d.y_pred.ptr);
-    in.mask = d.mask ? reinterpret_cast<const M*>(d.mask->ptr) : nullptr;
-    in.mask_n = mask_n;
-    in.n = n;
-    in.padding_value = padding_in<T>(d.padding_value);
+    const auto in = kernel_inputs<T, M>(d);
     const Acc* up = reinterpret_cast<const Acc*>(upstream.ptr);
     const Acc* fw = reinterpret_cast<const Acc*>(forward_out.ptr);
     BackwardScalars<Acc> bs;
