@@ -1,6 +1,8 @@
 """Input normalization shared by the fused ops and the pure-TF reference, so
 both apply exactly the same dtype rules."""
 
+import numbers
+
 import numpy as np
 import tensorflow as tf
 
@@ -18,14 +20,23 @@ def check_reduction(reduction):
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
+def _to_tensor(x, dtype_hint, name):
+    """NumPy arrays and scalars keep their dtype, exactly as tensors do (a
+    float64 array is not squeezed into float32 by the hint); Python numbers and
+    lists take the hint."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return tf.convert_to_tensor(x, name=name)
+    return tf.convert_to_tensor(x, dtype_hint=dtype_hint, name=name)
+
+
 def convert_predictions(y_true, y_pred):
     """y_pred must be floating; y_true of another real dtype is cast to it."""
-    y_pred = tf.convert_to_tensor(y_pred, dtype_hint=tf.float32, name="y_pred")
+    y_pred = _to_tensor(y_pred, tf.float32, "y_pred")
     if y_pred.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"y_pred must be float16, bfloat16, float32 or float64, got {y_pred.dtype.name}"
         )
-    y_true = tf.convert_to_tensor(y_true, dtype_hint=y_pred.dtype, name="y_true")
+    y_true = _to_tensor(y_true, y_pred.dtype, "y_true")
     if y_true.dtype != y_pred.dtype:
         if not (y_true.dtype.is_floating or y_true.dtype.is_integer or y_true.dtype == tf.bool):
             raise TypeError(
@@ -36,9 +47,18 @@ def convert_predictions(y_true, y_pred):
     return y_true, y_pred
 
 
+def mask_dtype(mask_dtype, dtype):
+    """The dtype a float mask reaches the kernels in: its own when that is
+    y_pred's dtype or the accumulator dtype, else the accumulator dtype, so
+    weights are never rounded below float32 (float64 weights with float16
+    predictions become float32, not float16)."""
+    acc = accumulator_dtype(dtype)
+    return mask_dtype if mask_dtype in (dtype, acc) else acc
+
+
 def convert_mask(mask, dtype):
     """Boolean masks stay boolean; integer masks keep non-zero positions;
-    float masks are weights in y_pred's dtype. None means no mask: a 0-d True,
+    float masks are weights (see mask_dtype). None means no mask: a 0-d True,
     which as a rank-0 prefix covers every element."""
     if mask is None:
         return tf.constant(True)
@@ -48,27 +68,76 @@ def convert_mask(mask, dtype):
     if mask.dtype.is_integer:
         return tf.not_equal(mask, tf.zeros([], mask.dtype))
     if mask.dtype.is_floating:
-        return mask if mask.dtype == dtype else tf.cast(mask, dtype)
+        target = mask_dtype(mask.dtype, dtype)
+        return mask if mask.dtype == target else tf.cast(mask, target)
     raise TypeError(f"mask must be boolean, integer or floating point, got {mask.dtype.name}")
 
 
-def convert_padding_value(padding_value, dtype):
-    """A scalar in y_pred's dtype; None becomes NaN, which equals nothing."""
-    if padding_value is None:
-        return tf.constant(float("nan"), dtype)
-    value = tf.convert_to_tensor(padding_value, name="padding_value")
-    if value.shape.rank is not None and value.shape.rank != 0:
-        raise ValueError(f"padding_value must be a scalar, got shape {value.shape}")
-    static = tf.get_static_value(value)
-    if static is not None and value.dtype.is_floating and np.isnan(static):
-        raise ValueError(
+def round_padding_value(value, dtype):
+    """value (float64) rounded to `dtype` the way the kernels round it: through
+    the accumulator dtype, as tf.cast does."""
+    acc = accumulator_dtype(dtype).as_numpy_dtype
+    with np.errstate(over="ignore"):
+        return np.float64(np.asarray(value, np.float64).astype(acc).astype(dtype.as_numpy_dtype))
+
+
+def _padding_error(value, dtype):
+    """The error for a padding value the kernels refuse, or None."""
+    if np.isnan(value):
+        return ValueError(
             "padding_value=NaN would mask nothing (NaN equals nothing); "
             "pass mask=~tf.math.is_nan(y_true) instead"
         )
-    return tf.cast(value, dtype)
+    if np.isfinite(value) and not np.isfinite(round_padding_value(value, dtype)):
+        return ValueError(
+            f"padding_value={float(value)!r} overflows {dtype.name}, the dtype of y_true: it would "
+            f"become inf and mask infinite targets"
+        )
+    return None
+
+
+def convert_padding_value(padding_value, dtype):
+    """(float64 scalar tensor, has_padding_value). The kernels round it to
+    `dtype`; a NaN value or a finite one that overflows `dtype` is refused here
+    when it is known while tracing, and by the op when it is known only at run
+    time."""
+    if padding_value is None:
+        return tf.constant(0.0, tf.float64), False
+    if isinstance(padding_value, (str, bytes)):
+        raise TypeError(f"padding_value must be a real number or None, got {padding_value!r}")
+    if isinstance(padding_value, numbers.Real) and not isinstance(padding_value, (bool, np.bool_)):
+        # Numbers go to float64 directly: TF would make a Python float float32,
+        # turning 1e300 into inf before it could be checked.
+        value = tf.constant(np.float64(padding_value), tf.float64, name="padding_value")
+    else:
+        value = tf.convert_to_tensor(padding_value, name="padding_value")
+    if not (value.dtype.is_floating or value.dtype.is_integer):
+        raise TypeError(
+            f"padding_value must be a real number or None, got a {value.dtype.name} value"
+        )
+    if value.shape.rank is not None and value.shape.rank != 0:
+        raise ValueError(f"padding_value must be a scalar, got shape {value.shape}")
+    static = tf.get_static_value(value)
+    if static is not None:
+        error = _padding_error(np.float64(static), dtype)
+        if error is not None:
+            raise error
+    return tf.cast(value, tf.float64), True
+
+
+def not_padding(y_true, padding_value):
+    """y_true != padding_value for a padding value known in Python, rounded and
+    checked as the kernels round and check it (for the pure-TF paths)."""
+    value = np.float64(padding_value)
+    error = _padding_error(value, y_true.dtype)
+    if error is not None:
+        raise error
+    return tf.not_equal(y_true, tf.constant(round_padding_value(value, y_true.dtype), y_true.dtype))
 
 
 def prepare(y_true, y_pred, mask, padding_value):
+    """(y_true, y_pred, mask, padding_value, has_padding_value) as the ops take them."""
     y_true, y_pred = convert_predictions(y_true, y_pred)
     mask = convert_mask(mask, y_pred.dtype)
-    return y_true, y_pred, mask, convert_padding_value(padding_value, y_pred.dtype)
+    padding, has_padding = convert_padding_value(padding_value, y_pred.dtype)
+    return y_true, y_pred, mask, padding, has_padding

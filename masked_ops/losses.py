@@ -9,8 +9,10 @@ that it broadcasts over the last axis without materializing anything full-size.
 """
 
 import math
+import numbers
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.src.losses.loss import reduce_weighted_values
 
@@ -31,10 +33,14 @@ _SCALED_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
 
 
 def _check_padding_value(padding_value):
+    """A real number (Python or NumPy scalar, kept as a Python number so the
+    config serializes) or None."""
     if padding_value is None:
         return None
-    if isinstance(padding_value, bool) or not isinstance(padding_value, (int, float)):
-        raise TypeError(f"padding_value must be a Python number or None, got {padding_value!r}")
+    if isinstance(padding_value, np.generic):
+        padding_value = padding_value.item()
+    if isinstance(padding_value, bool) or not isinstance(padding_value, numbers.Real):
+        raise TypeError(f"padding_value must be a real number or None, got {padding_value!r}")
     if math.isnan(padding_value):
         raise ValueError(
             "padding_value=NaN would mask nothing (NaN equals nothing); mask NaN targets "
@@ -111,14 +117,35 @@ def _cross_replica_sum(values):
 def _convert_inputs(y_true, y_pred, loss_dtype):
     """y_pred keeps a 16-bit dtype under a float32 loss (mixed precision: no
     cast pass, float32 accumulation in the kernel); otherwise it takes the
-    loss dtype, as in Keras. y_true follows y_pred."""
+    loss dtype, as in Keras. y_true follows y_pred. Ranks that differ by one
+    are aligned by Keras's rule, then shapes that differ are broadcast against
+    each other as Keras's losses broadcast them ((4, 1) targets with (4, 3)
+    predictions); that case materializes the broadcast operand."""
     y_pred = tf.convert_to_tensor(y_pred)
     if not (y_pred.dtype in _SIXTEEN_BIT and loss_dtype == tf.float32):
         y_pred = tf.cast(y_pred, loss_dtype)
     y_true = tf.convert_to_tensor(y_true)
     if y_true.dtype != y_pred.dtype:
         y_true = tf.cast(y_true, y_pred.dtype)
-    return _squeeze_or_expand(y_true, y_pred)
+    for name, x in (("y_true", y_true), ("y_pred", y_pred)):
+        if x.shape.rank is None:
+            raise ValueError(
+                f"{name} has an unknown rank; the masked losses align y_true, y_pred, masks and "
+                f"sample weights by rank while tracing, so give {name} a known rank (e.g. with "
+                f"tf.ensure_shape or an Input of fixed rank)"
+            )
+    y_true, y_pred = _squeeze_or_expand(y_true, y_pred)
+    if not y_true.shape.is_compatible_with(y_pred.shape):
+        try:
+            tf.broadcast_static_shape(y_true.shape, y_pred.shape)
+        except ValueError:
+            raise ValueError(
+                f"y_true of shape {y_true.shape} and y_pred of shape {y_pred.shape} are neither "
+                f"equal nor broadcastable"
+            ) from None
+        shape = tf.broadcast_dynamic_shape(tf.shape(y_true), tf.shape(y_pred))
+        y_true, y_pred = tf.broadcast_to(y_true, shape), tf.broadcast_to(y_pred, shape)
+    return y_true, y_pred
 
 
 def _per_sample(y_true, y_pred, keep, acc):
@@ -144,8 +171,14 @@ def masked_mean_squared_error(y_true, y_pred, *, padding_value=None):
     y_true, y_pred = _convert_inputs(y_true, y_pred, _inputs.accumulator_dtype(y_pred.dtype))
     keep = None
     if padding_value is not None:
-        keep = tf.not_equal(y_true, tf.cast(padding_value, y_true.dtype))
+        keep = _inputs.not_padding(y_true, padding_value)
     return _per_sample(y_true, y_pred, keep, _inputs.accumulator_dtype(y_pred.dtype))
+
+
+def _is_leading_prefix(prefix, shape):
+    if prefix.rank is None or prefix.rank > shape.rank:
+        return False
+    return prefix.is_compatible_with(shape[: prefix.rank])
 
 
 def _expand_to_rank(x, rank):
@@ -302,7 +335,7 @@ class MaskedMeanSquaredError(keras.losses.Loss):
         acc = sums.sum.dtype
         if sample_weight is None:
             return tf.cast(sums.count, acc)
-        keep = tf.not_equal(y_true, tf.cast(self.padding_value, y_true.dtype))
+        keep = _inputs.not_padding(y_true, self.padding_value)
         if mask is not None:
             values_shape, aligned = self._weights(y_true.shape[:-1], None, mask, acc)
             aligned = _to_positions(tf.cast(aligned, tf.bool), values_shape, y_true)
@@ -324,8 +357,12 @@ class MaskedMeanSquaredError(keras.losses.Loss):
         """Per-sample losses (select-based), reduced exactly as Keras reduces."""
         keep = None
         if self.padding_value is not None:
-            keep = tf.not_equal(y_true, tf.cast(self.padding_value, y_true.dtype))
-        if mask is not None and mask.shape.rank == y_pred.shape.rank - 1:
+            keep = _inputs.not_padding(y_true, self.padding_value)
+        if mask is not None and _is_leading_prefix(mask.shape, y_pred.shape):
+            # The mask covers y_pred's positions (a leading prefix of its shape,
+            # e.g. a (B, T) mask on a (B, T, 1) output squeezed to (B, T)):
+            # masked elements are zeroed before the arithmetic, so NaN/Inf there
+            # never leak through Keras's multiply by the mask.
             expanded = _expand_to_rank(mask, y_pred.shape.rank)
             expanded = tf.broadcast_to(expanded, tf.shape(y_pred))
             keep = expanded if keep is None else tf.logical_and(keep, expanded)

@@ -45,6 +45,7 @@ def register_gradient(op_name, grad_op):
             loss=op.outputs[0],
             weight_sum=op.outputs[2],
             reduction=_attr_str(op.get_attr("reduction")),
+            has_padding_value=op.get_attr("has_padding_value"),
             want_y_true=want_true,
             want_y_pred=want_pred,
             want_mask=want_mask,
@@ -64,14 +65,17 @@ def fused(op, y_true, y_pred, mask, padding_value, reduction):
     _inputs.check_reduction(reduction)
     if _xla.use_fallback(op):
         return _xla.fallback(op, y_true, y_pred, mask, padding_value, reduction)
-    y_true, y_pred, mask, padding_value = _inputs.prepare(y_true, y_pred, mask, padding_value)
+    y_true, y_pred, mask, padding, has_padding = _inputs.prepare(
+        y_true, y_pred, mask, padding_value
+    )
     return op(
         y_true=y_true,
         y_pred=y_pred,
         mask=mask,
-        padding_value=padding_value,
+        padding_value=padding,
         Tout=_inputs.accumulator_dtype(y_pred.dtype),
         reduction=reduction,
+        has_padding_value=has_padding,
     )
 
 

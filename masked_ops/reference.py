@@ -18,7 +18,9 @@ def squared_error(t, p):
 def masked_loss(value_fn, y_true, y_pred, mask, padding_value, reduction):
     """(loss, sum, weight_sum, count) of sum(w * value_fn(t, p)) over kept positions."""
     _inputs.check_reduction(reduction)
-    y_true, y_pred, mask, padding_value = _inputs.prepare(y_true, y_pred, mask, padding_value)
+    y_true, y_pred, mask, padding, has_padding = _inputs.prepare(
+        y_true, y_pred, mask, padding_value
+    )
     acc = _inputs.accumulator_dtype(y_pred.dtype)
     t = tf.cast(y_true, acc)
     p = tf.cast(y_pred, acc)
@@ -27,13 +29,31 @@ def masked_loss(value_fn, y_true, y_pred, mask, padding_value, reduction):
     w = tf.cast(mask, acc)
     w = tf.reshape(w, tf.concat([tf.shape(w), tf.ones([rank_gap], tf.int32)], 0))
     w = tf.broadcast_to(w, tf.shape(t))
-    keep = tf.logical_and(tf.not_equal(w, 0), tf.not_equal(t, tf.cast(padding_value, acc)))
+    keep = tf.not_equal(w, 0)
+    bad_padding = tf.constant(False)
+    if has_padding:
+        # Rounded to y_true's dtype through the accumulator dtype, as the kernels do.
+        padding_t = tf.cast(tf.cast(padding, acc), y_true.dtype)
+        keep = tf.logical_and(keep, tf.not_equal(t, tf.cast(padding_t, acc)))
+        # A run-time NaN or overflowing padding value: the op raises an error;
+        # here (also the formula compiled under XLA, which cannot raise) the
+        # outputs become NaN rather than silently masking nothing.
+        padding_back = tf.cast(padding_t, tf.float64)
+        bad_padding = tf.logical_or(
+            tf.math.is_nan(padding),
+            tf.logical_and(
+                tf.math.is_finite(padding), tf.logical_not(tf.math.is_finite(padding_back))
+            ),
+        )
     zeros = tf.zeros_like(t)
     value = value_fn(tf.where(keep, t, zeros), tf.where(keep, p, zeros))
     total = tf.reduce_sum(tf.where(keep, w * value, zeros))
     weight_sum = tf.reduce_sum(tf.where(keep, w, zeros))
     count = tf.math.count_nonzero(keep, dtype=tf.int64)
     loss = total if reduction == "sum" else tf.math.divide_no_nan(total, weight_sum)
+    if has_padding:
+        nan = tf.constant(float("nan"), acc)
+        loss, total, weight_sum = (tf.where(bad_padding, nan, x) for x in (loss, total, weight_sum))
     return loss, total, weight_sum, count
 
 

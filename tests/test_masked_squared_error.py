@@ -138,12 +138,14 @@ def test_zero_d_float_mask_weights_everything(dtype):
 
 
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float32], ids=lambda d: d.name)
-def test_float_mask_of_another_dtype_is_cast_to_y_pred_dtype(dtype):
+def test_float_mask_of_another_dtype_is_read_in_the_accumulator_dtype(dtype):
     rng = np.random.default_rng(6)
     y_true, t64 = to_tensor(rng.standard_normal((50,)), dtype)
     y_pred, p64 = to_tensor(rng.standard_normal((50,)), dtype)
     raw = rng.uniform(0.1, 2.0, size=(50,))
-    _, w = to_tensor(raw, dtype)  # the weights rounded to y_pred's dtype
+    # float64 weights are rounded to the accumulator dtype (float32 for 16-bit
+    # and float32 predictions), never to a 16-bit y_pred dtype.
+    _, w = to_tensor(raw, tf.float64 if dtype == tf.float64 else tf.float32)
     sums = masked_ops.masked_squared_error_sums(y_true, y_pred, tf.constant(raw, tf.float64))
     assert_close(sums.sum, np.sum(w * (t64 - p64) ** 2), dtype)
     assert_close(sums.weight_sum, np.sum(w), dtype)

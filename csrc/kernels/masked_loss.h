@@ -25,6 +25,7 @@ enum class Status : int {
   kBadShape = 1,  // n is not a multiple of the mask size
   kWorkspaceTooSmall = 2,
   kLaunchFailed = 3,  // CUDA launch / runtime error
+  kMisaligned = 4,    // a buffer is not aligned to its element size
 };
 
 inline const char* status_message(Status s) {
@@ -37,8 +38,18 @@ inline const char* status_message(Status s) {
       return "workspace smaller than the size query returned";
     case Status::kLaunchFailed:
       return "CUDA kernel launch failed";
+    case Status::kMisaligned:
+      return "an input or output buffer is not aligned to its element size";
   }
   return "unknown status";
+}
+
+// Loads through a misaligned pointer are undefined behaviour on the host and
+// kill the CUDA context on the device: adapters refuse such buffers up front
+// (naming the argument) and the launchers check again.
+template <typename P>
+MO_HD bool is_aligned(const P* p) {
+  return reinterpret_cast<uintptr_t>(p) % alignof(P) == 0;
 }
 
 // The mask has mask_n entries and each covers `inner` consecutive elements:
@@ -55,6 +66,7 @@ struct MaskedInputs {
   double padding_value = 0.0;
 
   int64_t inner() const { return mask_n == 0 ? 0 : n / mask_n; }
+  bool aligned() const { return is_aligned(y_true) && is_aligned(y_pred) && is_aligned(mask); }
   bool valid_shape() const {
     return n >= 0 && mask_n >= 0 && (mask_n == 0 ? n == 0 : n % mask_n == 0);
   }

@@ -15,6 +15,11 @@
 #include <functional>
 #include <type_traits>
 
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#include <xmmintrin.h>
+#define MO_CPU_X86 1
+#endif
+
 #include "masked_loss.h"
 
 namespace masked_ops {
@@ -35,6 +40,46 @@ constexpr int kLanes = 16;
 using TaskFn = std::function<void(int64_t, int64_t)>;
 using ParallelFor =
     std::function<void(int64_t num_tasks, int64_t elements_per_task, const TaskFn& fn)>;
+
+// Subnormal inputs and results are kept (IEEE), whichever thread runs the
+// work: TensorFlow's threads flush subnormals to zero (FTZ/DAZ) while the
+// binding's and the GPU's do not, and both must give the same bits. The
+// guard clears the flush bits for its scope and restores them after.
+class IeeeSubnormals {
+ public:
+#if defined(MO_CPU_X86)
+  IeeeSubnormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ & ~kFlushBits); }
+  ~IeeeSubnormals() { _mm_setcsr(saved_); }
+
+ private:
+  static constexpr unsigned kFlushBits = 0x8040u;  // FTZ (bit 15) | DAZ (bit 6)
+  unsigned saved_;
+#elif defined(__aarch64__)
+  IeeeSubnormals() {
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(saved_));
+    const uint64_t cleared = saved_ & ~kFlushBit;
+    __asm__ __volatile__("msr fpcr, %0" : : "r"(cleared));
+  }
+  ~IeeeSubnormals() { __asm__ __volatile__("msr fpcr, %0" : : "r"(saved_)); }
+
+ private:
+  static constexpr uint64_t kFlushBit = uint64_t(1) << 24;  // FPCR.FZ
+  uint64_t saved_;
+#endif
+  IeeeSubnormals(const IeeeSubnormals&) = delete;
+  IeeeSubnormals& operator=(const IeeeSubnormals&) = delete;
+};
+
+// parallel_for whose tasks each run under IeeeSubnormals (pool threads keep
+// their own floating-point control state).
+inline ParallelFor with_ieee_subnormals(const ParallelFor& parallel_for) {
+  return [&parallel_for](int64_t num_tasks, int64_t elements_per_task, const TaskFn& fn) {
+    parallel_for(num_tasks, elements_per_task, [&fn](int64_t first, int64_t last) {
+      IeeeSubnormals ieee;
+      fn(first, last);
+    });
+  };
+}
 
 inline void run_serially(int64_t num_tasks, int64_t, const TaskFn& fn) {
   if (num_tasks > 0) fn(0, num_tasks);
@@ -293,10 +338,12 @@ Status forward(const MaskedInputs<T, M>& in, Reduction reduction, void* workspac
                int64_t* count, const ParallelFor& parallel_for = run_serially) {
   using Acc = acc_t<T>;
   if (!in.valid_shape()) return Status::kBadShape;
+  if (!in.aligned()) return Status::kMisaligned;
   const int64_t chunks = num_chunks(in.n);
   if (workspace_bytes < forward_workspace_bytes(in.n)) return Status::kWorkspaceTooSmall;
   Partial* partials = static_cast<Partial*>(workspace);
-  parallel_for(chunks, kChunk, [&](int64_t first, int64_t last) {
+  IeeeSubnormals ieee;
+  with_ieee_subnormals(parallel_for)(chunks, kChunk, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
       partials[c] = detail::forward_range<Loss>(in, c * kChunk, std::min(in.n, (c + 1) * kChunk));
     }
@@ -317,6 +364,12 @@ Status backward(const MaskedInputs<T, M>& in, Reduction reduction,
                 const BackwardScalars<acc_t<T>>& scalars, T* grad_true, T* grad_pred, M* grad_mask,
                 const ParallelFor& parallel_for = run_serially) {
   if (!in.valid_shape()) return Status::kBadShape;
+  if (!in.aligned() || !is_aligned(grad_true) || !is_aligned(grad_pred) ||
+      !is_aligned(grad_mask)) {
+    return Status::kMisaligned;
+  }
+  IeeeSubnormals ieee;
+  const ParallelFor guarded = with_ieee_subnormals(parallel_for);
   const auto k = grad_coefficients(*scalars.grad_loss, *scalars.grad_sum, *scalars.grad_weight_sum,
                                    *scalars.loss, *scalars.weight_sum, reduction);
   const bool want_true = grad_true != nullptr;
@@ -327,7 +380,7 @@ Status backward(const MaskedInputs<T, M>& in, Reduction reduction,
   auto run = [&](auto kTrue, auto kPred, auto kMask) {
     if constexpr (!(kMask && std::is_same<M, bool>::value)) {
       detail::backward_tasks<Loss, T, M, kTrue, kPred, kMask>(in, k, grad_true, grad_pred,
-                                                              grad_mask, parallel_for);
+                                                              grad_mask, guarded);
     }
   };
   auto with_mask = [&](auto kTrue, auto kPred) {

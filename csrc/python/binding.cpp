@@ -10,6 +10,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -156,10 +157,14 @@ void check_same_dtype(const char* name, DType got, DType want) {
   }
 }
 
+bool is_16bit(DType t) { return t == DType::kHalf || t == DType::kBFloat16; }
+
+// Masks are bool, y_pred's dtype, or float32 weights for 16-bit y_pred (the
+// accumulator dtype): weights are never read below float32.
 void check_mask_dtype(DType mask, DType t) {
-  if (mask != DType::kBool && mask != t) {
-    throw py::type_error(std::string("mask must be bool or y_pred's dtype (") + dtype_name(t) +
-                         "), got " + dtype_name(mask));
+  if (mask != DType::kBool && mask != t && !(is_16bit(t) && mask == DType::kFloat)) {
+    throw py::type_error(std::string("mask must be bool, y_pred's dtype (") + dtype_name(t) + ")" +
+                         (is_16bit(t) ? " or float32" : "") + ", got " + dtype_name(mask));
   }
 }
 
@@ -182,12 +187,19 @@ double parse_padding(const py::object& padding_value) {
   return v;
 }
 
-// The TF op receives padding_value already cast to T; round the same way so both
-// adapters compare y_true with the same value.
+// padding_value rounded to T as the TF op rounds it (through the accumulator
+// type); a finite value that overflows T is refused, as there.
 template <typename T>
-double padding_in(double v) {
+double padding_in(double v, DType t) {
   if (std::isnan(v)) return v;
-  return double(to_acc(from_acc<T>(acc_t<T>(v))));
+  const double rounded = double(to_acc(from_acc<T>(acc_t<T>(v))));
+  if (std::isfinite(v) && !std::isfinite(rounded)) {
+    std::ostringstream s;
+    s << "padding_value=" << v << " overflows " << dtype_name(t)
+      << ", the dtype of y_true: it would become inf and mask infinite targets";
+    throw py::value_error(s.str());
+  }
+  return rounded;
 }
 
 template <typename T>
@@ -195,19 +207,29 @@ struct Tag {
   using type = T;
 };
 
-// Calls f(Tag<T>, Tag<M>) for the kernel types of (t, mask); masks are bool or T.
+// Calls f(Tag<T>, Tag<M>) for the kernel types of (t, mask): masks are bool,
+// T, or T's accumulator type (float32 weights with 16-bit inputs).
 template <class F>
 void dispatch(DType t, DType mask, F&& f) {
-  const bool b = mask == DType::kBool;
+  auto with_mask = [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (mask == DType::kBool) return f(tag, Tag<bool>{});
+    if (mask == t) return f(tag, tag);
+    if constexpr (!std::is_same<acc_t<T>, T>::value) {
+      if (mask == DType::kFloat) return f(tag, Tag<acc_t<T>>{});
+    }
+    throw py::type_error(std::string("mask must be bool, y_pred's dtype or its accumulator dtype (") +
+                         dtype_name(t) + "), got " + dtype_name(mask));
+  };
   switch (t) {
     case DType::kHalf:
-      return b ? f(Tag<half_t>{}, Tag<bool>{}) : f(Tag<half_t>{}, Tag<half_t>{});
+      return with_mask(Tag<half_t>{});
     case DType::kBFloat16:
-      return b ? f(Tag<bfloat16_t>{}, Tag<bool>{}) : f(Tag<bfloat16_t>{}, Tag<bfloat16_t>{});
+      return with_mask(Tag<bfloat16_t>{});
     case DType::kFloat:
-      return b ? f(Tag<float>{}, Tag<bool>{}) : f(Tag<float>{}, Tag<float>{});
+      return with_mask(Tag<float>{});
     case DType::kDouble:
-      return b ? f(Tag<double>{}, Tag<bool>{}) : f(Tag<double>{}, Tag<double>{});
+      return with_mask(Tag<double>{});
     case DType::kBool:
       break;
   }
@@ -238,6 +260,14 @@ struct HostArray {
     if (!(array.flags() & py::array::c_style)) {
       throw py::value_error(name + " must be C-contiguous; pass numpy.ascontiguousarray(" + name +
                             ")");
+    }
+    // Loads through a misaligned pointer are undefined behaviour.
+    const auto address = reinterpret_cast<uintptr_t>(data());
+    if (address % itemsize(dtype) != 0) {
+      throw py::value_error(name + "'s buffer is not aligned to its " +
+                            std::to_string(itemsize(dtype)) +
+                            "-byte elements (e.g. numpy.frombuffer at an odd offset); pass "
+                            "numpy.array(" + name + ") for an aligned copy");
     }
   }
 };
@@ -284,12 +314,22 @@ cpu::ParallelFor thread_parallel_for() {
       fn(0, tasks);
       return;
     }
+    auto range = [&](int64_t i, auto&& run) { run(tasks * i / threads, tasks * (i + 1) / threads); };
     std::vector<std::thread> pool;
     pool.reserve(size_t(threads - 1));
-    for (int64_t i = 1; i < threads; ++i) {
-      pool.emplace_back(fn, tasks * i / threads, tasks * (i + 1) / threads);
+    int64_t started = 1;
+    for (; started < threads; ++started) {
+      // A thread that cannot be created (no memory or address space for its
+      // stack, a process thread limit) leaves its range to this thread:
+      // results do not depend on the split.
+      try {
+        range(started, [&](int64_t first, int64_t last) { pool.emplace_back(fn, first, last); });
+      } catch (const std::system_error&) {
+        break;
+      }
     }
-    fn(0, tasks / threads);
+    range(0, fn);
+    for (int64_t i = started; i < threads; ++i) range(i, fn);
     for (auto& t : pool) t.join();
   };
 }
@@ -346,7 +386,7 @@ MaskedInputs<T, M> kernel_inputs(const HostInputs& h) {
     in.mask = reinterpret_cast<const M*>(&kAll);
     in.mask_n = 1;
   }
-  in.padding_value = padding_in<T>(h.padding_value);
+  in.padding_value = padding_in<T>(h.padding_value, h.y_pred.dtype);
   return in;
 }
 
@@ -627,7 +667,7 @@ MaskedInputs<T, M> kernel_inputs(const DeviceInputs& d) {
   in.mask = d.mask ? reinterpret_cast<const M*>(d.mask->ptr) : nullptr;
   in.mask_n = d.mask ? d.mask->size() : 1;
   in.n = d.y_pred.size();
-  in.padding_value = padding_in<T>(d.padding_value);
+  in.padding_value = padding_in<T>(d.padding_value, d.dtype);
   return in;
 }
 

@@ -1,5 +1,9 @@
 #include "masked_loss_op.h"
 
+#include <cmath>
+#include <cstdint>
+#include <utility>
+
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 
@@ -14,7 +18,11 @@ namespace {
 // y_true and y_pred share a shape; the mask's shape is a leading prefix of it.
 absl::Status MergeInputShapes(InferenceContext* c, int y_true, int y_pred, int mask, int padding,
                               ShapeHandle* inputs) {
-  TF_RETURN_IF_ERROR(c->Merge(c->input(y_true), c->input(y_pred), inputs));
+  if (!c->Merge(c->input(y_true), c->input(y_pred), inputs).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "y_true and y_pred must have the same shape, got y_true ", c->DebugString(c->input(y_true)),
+        " and y_pred ", c->DebugString(c->input(y_pred))));
+  }
   ShapeHandle unused;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(padding), 0, &unused));
   const ShapeHandle m = c->input(mask);
@@ -26,7 +34,11 @@ absl::Status MergeInputShapes(InferenceContext* c, int y_true, int y_pred, int m
     }
     ShapeHandle prefix;
     TF_RETURN_IF_ERROR(c->Subshape(*inputs, 0, c->Rank(m), &prefix));
-    TF_RETURN_IF_ERROR(c->Merge(prefix, m, &unused));
+    if (!c->Merge(prefix, m, &unused).ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("mask shape ", c->DebugString(m), " must equal the inputs' shape ",
+                       c->DebugString(*inputs), " or be a leading prefix of it"));
+    }
   }
   return absl::OkStatus();
 }
@@ -73,6 +85,33 @@ absl::Status ValidateInputs(const tf::Tensor& y_true, const tf::Tensor& y_pred,
     return absl::InvalidArgumentError(absl::StrCat("padding_value must be a scalar, got shape ",
                                                    padding_value.shape().DebugString()));
   }
+  const std::pair<const char*, const tf::Tensor*> buffers[] = {
+      {"y_true", &y_true}, {"y_pred", &y_pred}, {"mask", &mask}};
+  for (const auto& [name, t] : buffers) {
+    const size_t size = tf::DataTypeSize(t->dtype());
+    const auto address = reinterpret_cast<uintptr_t>(t->tensor_data().data());
+    if (size > 1 && address % size != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, "'s buffer is not aligned to its ", size, "-byte elements (address % ", size,
+          " = ", address % size, "), as tensors imported from foreign memory (DLPack) can be; "
+          "make an aligned copy first"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPaddingValue(double value, double rounded, tf::DataType dtype, double* out) {
+  if (std::isnan(value)) {
+    return absl::InvalidArgumentError(
+        "padding_value is NaN, which would mask nothing (NaN equals nothing); mask NaN "
+        "targets with mask=~tf.math.is_nan(y_true) instead");
+  }
+  if (std::isfinite(value) && !std::isfinite(rounded)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "padding_value ", value, " overflows ", tf::DataTypeString(dtype),
+        ", the dtype of y_true: it would become ", rounded, " and mask infinite targets"));
+  }
+  *out = rounded;
   return absl::OkStatus();
 }
 

@@ -4,6 +4,7 @@
 // csrc/kernels/ never see TensorFlow.
 #pragma once
 
+#include <limits>
 #include <string>
 #include <type_traits>
 
@@ -55,25 +56,43 @@ absl::Status CheckAccumulatorDtype(tf::DataType tout, tf::DataType t, tf::DataTy
 
 absl::Status ToStatus(masked_ops::Status s, const char* what);
 
-// Input buffers through tensor_data(): unlike flat<T>(), no alignment CHECK, so
-// tensors from DLPack or other foreign buffers work (the kernels need no alignment).
+// *out = rounded, unless value is NaN or a finite value that overflows dtype.
+absl::Status CheckPaddingValue(double value, double rounded, tf::DataType dtype, double* out);
+
+// Input buffers through tensor_data(): unlike flat<T>(), no alignment CHECK
+// crash for tensors from DLPack or other foreign buffers; ValidateInputs
+// refuses misaligned ones with a message instead.
 template <typename P>
 const P* InputData(const tf::Tensor& t) {
   return reinterpret_cast<const P*>(t.tensor_data().data());
 }
 
+// The padding value the kernels compare y_true with: padding_value (float64)
+// rounded to T as tf.cast rounds it, or NaN (equal to nothing) without padding.
+// A NaN padding value, or a finite one that overflows T, is an error: either
+// would silently mask nothing or mask infinite targets.
+template <typename T>
+absl::Status PaddingValue(const tf::Tensor& padding_value, bool has_padding_value, double* out) {
+  using KT = kernel_t<T>;
+  if (!has_padding_value) {
+    *out = std::numeric_limits<double>::quiet_NaN();
+    return absl::OkStatus();
+  }
+  const double v = *InputData<double>(padding_value);
+  const double rounded = double(to_acc(from_acc<KT>(acc_t<KT>(v))));
+  return CheckPaddingValue(v, rounded, tf::DataTypeToEnum<T>::v(), out);
+}
+
 template <typename T, typename M>
-MaskedInputs<kernel_t<T>, kernel_t<M>> MakeInputs(const tf::Tensor& y_true,
-                                                  const tf::Tensor& y_pred, const tf::Tensor& mask,
-                                                  const tf::Tensor& padding_value) {
-  MaskedInputs<kernel_t<T>, kernel_t<M>> in;
-  in.y_true = InputData<kernel_t<T>>(y_true);
-  in.y_pred = InputData<kernel_t<T>>(y_pred);
-  in.mask = InputData<kernel_t<M>>(mask);
-  in.n = y_true.NumElements();
-  in.mask_n = mask.NumElements();
-  in.padding_value = double(*InputData<T>(padding_value));
-  return in;
+absl::Status MakeInputs(const tf::Tensor& y_true, const tf::Tensor& y_pred, const tf::Tensor& mask,
+                        const tf::Tensor& padding_value, bool has_padding_value,
+                        MaskedInputs<kernel_t<T>, kernel_t<M>>* in) {
+  in->y_true = InputData<kernel_t<T>>(y_true);
+  in->y_pred = InputData<kernel_t<T>>(y_pred);
+  in->mask = InputData<kernel_t<M>>(mask);
+  in->n = y_true.NumElements();
+  in->mask_n = mask.NumElements();
+  return PaddingValue<T>(padding_value, has_padding_value, &in->padding_value);
 }
 
 template <typename T, typename P>
@@ -95,6 +114,7 @@ class MaskedLossOp : public tf::OpKernel {
     std::string reduction;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("reduction", &reduction));
     OP_REQUIRES_OK(ctx, ParseReduction(reduction, &reduction_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("has_padding_value", &has_padding_value_));
     OP_REQUIRES_OK(ctx, CheckAccumulatorDtype(ctx->output_type(0), tf::DataTypeToEnum<T>::v(),
                                               tf::DataTypeToEnum<Acc>::v()));
   }
@@ -111,7 +131,9 @@ class MaskedLossOp : public tf::OpKernel {
     }
     tf::Tensor* count = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, tf::TensorShape({}), &count));
-    const auto in = MakeInputs<T, M>(y_true, y_pred, mask, padding_value);
+    MaskedInputs<kernel_t<T>, kernel_t<M>> in;
+    OP_REQUIRES_OK(ctx, (MakeInputs<T, M>(y_true, y_pred, mask, padding_value,
+                                          has_padding_value_, &in)));
     OP_REQUIRES_OK(ctx,
                    (Launch<Device, Loss, T, M>::Forward(
                        ctx, in, reduction_, out[0]->flat<Acc>().data(), out[1]->flat<Acc>().data(),
@@ -120,6 +142,7 @@ class MaskedLossOp : public tf::OpKernel {
 
  private:
   Reduction reduction_ = Reduction::kMean;
+  bool has_padding_value_ = false;
 };
 
 template <typename Device, class Loss, typename T, typename M>
@@ -134,6 +157,7 @@ class MaskedLossGradOp : public tf::OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("want_y_true", &want_true_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("want_y_pred", &want_pred_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("want_mask", &want_mask_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("has_padding_value", &has_padding_value_));
     OP_REQUIRES_OK(ctx, CheckAccumulatorDtype(ctx->input_type(0), tf::DataTypeToEnum<T>::v(),
                                               tf::DataTypeToEnum<Acc>::v()));
     OP_REQUIRES(
@@ -172,7 +196,9 @@ class MaskedLossGradOp : public tf::OpKernel {
     scalars.grad_weight_sum = InputData<Acc>(ctx->input(2));
     scalars.loss = InputData<Acc>(ctx->input(7));
     scalars.weight_sum = InputData<Acc>(ctx->input(8));
-    const auto in = MakeInputs<T, M>(y_true, y_pred, mask, padding_value);
+    MaskedInputs<kernel_t<T>, kernel_t<M>> in;
+    OP_REQUIRES_OK(ctx, (MakeInputs<T, M>(y_true, y_pred, mask, padding_value,
+                                          has_padding_value_, &in)));
     OP_REQUIRES_OK(
         ctx, (Launch<Device, Loss, T, M>::Backward(
                  ctx, in, reduction_, scalars, DataOrNull<T, kernel_t<T>>(grad_true, want_true_),
@@ -185,6 +211,7 @@ class MaskedLossGradOp : public tf::OpKernel {
   bool want_true_ = false;
   bool want_pred_ = true;
   bool want_mask_ = false;
+  bool has_padding_value_ = false;
 };
 
 }  // namespace tf_adapter
@@ -198,7 +225,7 @@ class MaskedLossGradOp : public tf::OpKernel {
       .Input("y_true: T")                                  \
       .Input("y_pred: T")                                  \
       .Input("mask: M")                                    \
-      .Input("padding_value: T")                           \
+      .Input("padding_value: double")                      \
       .Output("loss: Tout")                                \
       .Output("sum: Tout")                                 \
       .Output("weight_sum: Tout")                          \
@@ -207,6 +234,7 @@ class MaskedLossGradOp : public tf::OpKernel {
       .Attr("M: {bool, half, bfloat16, float, double}")    \
       .Attr("Tout: {float, double}")                       \
       .Attr("reduction: {'mean', 'sum'} = 'mean'")         \
+      .Attr("has_padding_value: bool = false")             \
       .SetShapeFn(::masked_ops::tf_adapter::ForwardShape); \
   REGISTER_OP(NAME "Grad")                                 \
       .Input("grad_loss: Tout")                            \
@@ -215,7 +243,7 @@ class MaskedLossGradOp : public tf::OpKernel {
       .Input("y_true: T")                                  \
       .Input("y_pred: T")                                  \
       .Input("mask: M")                                    \
-      .Input("padding_value: T")                           \
+      .Input("padding_value: double")                      \
       .Input("loss: Tout")                                 \
       .Input("weight_sum: Tout")                           \
       .Output("grad_y_true: T")                            \
@@ -228,11 +256,13 @@ class MaskedLossGradOp : public tf::OpKernel {
       .Attr("want_y_true: bool = false")                   \
       .Attr("want_y_pred: bool = true")                    \
       .Attr("want_mask: bool = false")                     \
+      .Attr("has_padding_value: bool = false")             \
       .SetShapeFn(::masked_ops::tf_adapter::GradShape)
 
-// Kernels for one device, loss and input dtype T, with the two mask dtypes the
-// kernels take directly: bool and T itself. Other mask dtypes are converted by
-// the Python wrapper.
+// Kernels for one device, loss, input dtype T and mask dtype M. The kernels
+// take masks of dtype bool, T, or T's accumulator dtype (float32 weights with
+// 16-bit inputs: weights are read at least in float32); the Python wrapper
+// converts other mask dtypes.
 #define MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, T, M)      \
   REGISTER_KERNEL_BUILDER(                                                                \
       Name(NAME).Device(DEVICE).TypeConstraint<T>("T").TypeConstraint<M>("M").HostMemory( \
@@ -250,8 +280,10 @@ class MaskedLossGradOp : public tf::OpKernel {
   MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, T, T)
 
 // One loss on one device for every supported input dtype: the dtype list lives here only.
-#define MASKED_OPS_REGISTER_LOSS_KERNELS_ALL_DTYPES(NAME, LOSS, DEVICE, DEV_TAG)  \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, Eigen::half);     \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, Eigen::bfloat16); \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, float);           \
+#define MASKED_OPS_REGISTER_LOSS_KERNELS_ALL_DTYPES(NAME, LOSS, DEVICE, DEV_TAG)                    \
+  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, Eigen::half);                       \
+  MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, Eigen::half, float);       \
+  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, Eigen::bfloat16);                   \
+  MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, Eigen::bfloat16, float);   \
+  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, float);                             \
   MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, double)

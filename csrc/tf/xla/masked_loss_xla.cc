@@ -1,5 +1,7 @@
 #include "masked_loss_xla.h"
 
+#include <optional>
+
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -13,7 +15,8 @@ std::vector<std::string>& LoweredOps() {
   return *names;
 }
 
-absl::Status ReductionIsSum(tf::OpKernelConstruction* ctx, bool* is_sum) {
+absl::Status ReadAttrs(tf::OpKernelConstruction* ctx, bool* is_sum, bool* has_padding_value) {
+  TF_RETURN_IF_ERROR(ctx->GetAttr("has_padding_value", has_padding_value));
   std::string reduction;
   TF_RETURN_IF_ERROR(ctx->GetAttr("reduction", &reduction));
   if (reduction != "mean" && reduction != "sum") {
@@ -24,7 +27,8 @@ absl::Status ReductionIsSum(tf::OpKernelConstruction* ctx, bool* is_sum) {
   return absl::OkStatus();
 }
 
-absl::Status Prepare(tf::XlaOpKernelContext* ctx, int first_input, Prepared* out) {
+absl::Status Prepare(tf::XlaOpKernelContext* ctx, int first_input, bool has_padding_value,
+                     Prepared* out) {
   const int y_true = first_input, y_pred = first_input + 1, mask = first_input + 2,
             padding = first_input + 3;
   TF_ASSIGN_OR_RETURN(const xla::Shape true_shape, ctx->InputXlaShape(y_true));
@@ -60,8 +64,19 @@ absl::Status Prepare(tf::XlaOpKernelContext* ctx, int first_input, Prepared* out
   for (int64_t i = 0; i < out->mask_rank; ++i) mask_dims[i] = i;
   const xla::XlaOp m = xla::BroadcastInDim(ctx->Input(mask), out->dims, mask_dims);
   const xla::XlaOp t_in = ctx->Input(y_true);
-  const xla::XlaOp padding_value = ctx->Input(padding);
-  const xla::XlaOp not_padding = xla::Ne(t_in, padding_value, {});
+  std::optional<xla::XlaOp> not_padding;
+  out->bad_padding = xla::ConstantR0<bool>(ctx->builder(), false);
+  if (has_padding_value) {
+    // Rounded to y_true's dtype through the accumulator type, as the kernels do.
+    const xla::XlaOp padding64 = ctx->Input(padding);
+    const xla::XlaOp padding_acc = xla::ConvertElementType(padding64, out->acc);
+    const xla::XlaOp padding_t = xla::ConvertElementType(padding_acc, ctx->input_xla_type(y_true));
+    not_padding = xla::Ne(t_in, padding_t, {});
+    const xla::XlaOp rounded = xla::ConvertElementType(padding_t, xla::F64);
+    out->bad_padding =
+        xla::Or(xla::Ne(padding64, padding64), xla::And(xla::IsFinite(padding64),
+                                                xla::Not(xla::IsFinite(rounded))));
+  }
   xla::XlaOp mask_kept;
   if (ctx->input_type(mask) == tf::DT_BOOL) {
     mask_kept = m;
@@ -70,7 +85,7 @@ absl::Status Prepare(tf::XlaOpKernelContext* ctx, int first_input, Prepared* out
     out->w = xla::ConvertElementType(m, out->acc);
     mask_kept = xla::Ne(out->w, xla::ScalarLike(out->w, 0));
   }
-  out->keep = xla::And(mask_kept, not_padding);
+  out->keep = not_padding ? xla::And(mask_kept, *not_padding) : mask_kept;
   const xla::XlaOp t = xla::ConvertElementType(t_in, out->acc);
   const xla::XlaOp p = xla::ConvertElementType(ctx->Input(y_pred), out->acc);
   out->zeros = xla::ZerosLike(t);

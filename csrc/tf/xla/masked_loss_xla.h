@@ -35,11 +35,19 @@ struct Prepared {
   xla::XlaOp w;     // mask weight broadcast to the inputs' shape, accumulator type
   xla::XlaOp keep;  // (w != 0) && (y_true != padding_value)
   xla::XlaOp zeros;
+  // True when the run-time padding value is one the op refuses (NaN, or finite
+  // but overflowing y_true's dtype): XLA cannot raise an error at run time, so
+  // the forward's outputs become NaN instead of silently masking nothing.
+  xla::XlaOp bad_padding;
   std::vector<int64_t> dims;  // inputs' shape
   int64_t mask_rank;
 };
 
-absl::Status Prepare(tf::XlaOpKernelContext* ctx, int first_input, Prepared* out);
+absl::Status Prepare(tf::XlaOpKernelContext* ctx, int first_input, bool has_padding_value,
+                     Prepared* out);
+
+// Reads the attributes every lowering needs.
+absl::Status ReadAttrs(tf::OpKernelConstruction* ctx, bool* is_sum, bool* has_padding_value);
 
 // Sum over all elements of `x` (of type `type`).
 xla::XlaOp SumAll(tf::XlaOpKernelContext* ctx, xla::XlaOp x, xla::PrimitiveType type);
@@ -47,18 +55,17 @@ xla::XlaOp SumAll(tf::XlaOpKernelContext* ctx, xla::XlaOp x, xla::PrimitiveType 
 // Sums `x` (inputs' shape) over the trailing dims each mask entry covers.
 xla::XlaOp SumToMask(tf::XlaOpKernelContext* ctx, xla::XlaOp x, const Prepared& in);
 
-absl::Status ReductionIsSum(tf::OpKernelConstruction* ctx, bool* is_sum);
 
 template <class Loss>
 class MaskedLossXlaOp : public tf::XlaOpKernel {
  public:
   explicit MaskedLossXlaOp(tf::OpKernelConstruction* ctx) : tf::XlaOpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ReductionIsSum(ctx, &is_sum_));
+    OP_REQUIRES_OK(ctx, ReadAttrs(ctx, &is_sum_, &has_padding_value_));
   }
 
   void Compile(tf::XlaOpKernelContext* ctx) override {
     Prepared in;
-    OP_REQUIRES_OK(ctx, Prepare(ctx, 0, &in));
+    OP_REQUIRES_OK(ctx, Prepare(ctx, 0, has_padding_value_, &in));
     const xla::XlaOp sum =
         SumAll(ctx, xla::Select(in.keep, in.w * Loss::value(in.t, in.p), in.zeros), in.acc);
     const xla::XlaOp weight_sum = SumAll(ctx, xla::Select(in.keep, in.w, in.zeros), in.acc);
@@ -71,21 +78,23 @@ class MaskedLossXlaOp : public tf::XlaOpKernel {
       loss = xla::Select(nonzero, sum / xla::Select(nonzero, weight_sum, xla::ScalarLike(sum, 1)),
                          zero);
     }
-    ctx->SetOutput(0, loss);
-    ctx->SetOutput(1, sum);
-    ctx->SetOutput(2, weight_sum);
+    const xla::XlaOp nan = xla::NanValue(ctx->builder(), in.acc);
+    ctx->SetOutput(0, xla::Select(in.bad_padding, nan, loss));
+    ctx->SetOutput(1, xla::Select(in.bad_padding, nan, sum));
+    ctx->SetOutput(2, xla::Select(in.bad_padding, nan, weight_sum));
     ctx->SetOutput(3, count);
   }
 
  private:
   bool is_sum_ = false;
+  bool has_padding_value_ = false;
 };
 
 template <class Loss>
 class MaskedLossGradXlaOp : public tf::XlaOpKernel {
  public:
   explicit MaskedLossGradXlaOp(tf::OpKernelConstruction* ctx) : tf::XlaOpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ReductionIsSum(ctx, &is_sum_));
+    OP_REQUIRES_OK(ctx, ReadAttrs(ctx, &is_sum_, &has_padding_value_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("want_y_true", &want_true_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("want_y_pred", &want_pred_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("want_mask", &want_mask_));
@@ -93,7 +102,7 @@ class MaskedLossGradXlaOp : public tf::XlaOpKernel {
 
   void Compile(tf::XlaOpKernelContext* ctx) override {
     Prepared in;
-    OP_REQUIRES_OK(ctx, Prepare(ctx, 3, &in));
+    OP_REQUIRES_OK(ctx, Prepare(ctx, 3, has_padding_value_, &in));
     OP_REQUIRES(ctx, !(want_mask_ && ctx->input_type(5) == tf::DT_BOOL),
                 absl::InvalidArgumentError(
                     "want_mask=True needs a floating-point mask; a boolean mask has no gradient"));
@@ -139,6 +148,7 @@ class MaskedLossGradXlaOp : public tf::XlaOpKernel {
   }
 
   bool is_sum_ = false;
+  bool has_padding_value_ = false;
   bool want_true_ = false;
   bool want_pred_ = true;
   bool want_mask_ = false;
