@@ -1,6 +1,7 @@
 """Regression tests for the defects an adversarial pass found: one test (or a
 small group) per defect, named after it."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import tensorflow as tf
 from tolerances import assert_close
 
 import masked_ops
-from masked_ops import kernels
+from masked_ops import _xla, kernels
 from masked_ops.losses import MaskedMeanSquaredError
 
 # ---------------------------------------------------------------------------
@@ -176,6 +177,22 @@ def test_padding_value_known_only_at_run_time_is_checked_by_the_op(value, match)
         f(tf.constant(value, tf.float64))
     # Control: a representable run-time value masks as usual.
     assert float(f(tf.constant(1.0, tf.float64))) == np.inf
+
+
+@pytest.mark.parametrize("forced", [False, True], ids=["lowering", "pure_tf"])
+@pytest.mark.parametrize("value", [np.nan, 1e300])
+def test_padding_value_refused_at_run_time_under_xla_makes_the_outputs_nan(value, forced):
+    # XLA cannot raise at run time: the outputs become NaN instead of masking nothing.
+    @tf.function(jit_compile=True)
+    def f(padding):
+        y = tf.constant([1.0, np.inf])
+        return masked_ops.masked_squared_error_sums(y, tf.zeros([2]), padding_value=padding)
+
+    with _xla.force_fallback() if forced else contextlib.nullcontext():
+        bad = f(tf.constant(value, tf.float64))
+        good = f(tf.constant(np.inf, tf.float64))
+    assert np.isnan(float(bad.sum)) and np.isnan(float(bad.weight_sum))
+    assert (float(good.sum), float(good.weight_sum), int(good.count)) == (1.0, 1.0, 1)
 
 
 def test_padding_value_at_the_dtype_limit_is_accepted_and_masks_it():
