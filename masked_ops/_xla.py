@@ -25,26 +25,19 @@ def in_xla_context():
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
-def _op_type(op):
-    """The registered op name of a generated op wrapper, e.g.
-    masked_squared_error -> MaskedSquaredError."""
-    return "".join(part.capitalize() for part in op.__name__.split("_"))
-
-
-def has_lowering(op):
-    """Whether XLA can compile `op` itself: the loaded library registered a
-    lowering for it and TensorFlow made it a kernel of the XLA devices (it does
-    that once per process, so a library loaded after XLA first compiled
-    something has lowerings that XLA never sees)."""
+def has_lowering(spec):
+    """Whether XLA can compile the op of `spec` itself: the loaded library
+    registered a lowering for it and TensorFlow made it a kernel of the XLA
+    devices (it does that once per process, so a library loaded after XLA
+    first compiled something has lowerings that XLA never sees)."""
     from masked_ops._loader import op_library
 
     lowered_ops = getattr(op_library, "masked_ops_xla_lowered_ops", None)
     if lowered_ops is None:
         return False
-    name = _op_type(op)
-    if name.encode() not in set(lowered_ops().numpy().tolist()):
+    if spec.op_type.encode() not in set(lowered_ops().numpy().tolist()):
         return False
-    registered = kernels.get_registered_kernels_for_op(name)
+    registered = kernels.get_registered_kernels_for_op(spec.op_type)
     return any(kernel.device_type.endswith("_JIT") for kernel in registered.kernel)
 
 
@@ -64,35 +57,19 @@ def _forced():
     return bool(getattr(_state, "forced", False))
 
 
-def use_fallback(op):
-    """True when `op` must be replaced by its pure-TF formula: inside an XLA
-    context, with no lowering registered (or the fallback forced)."""
+def use_fallback(spec):
+    """True when the op of `spec` must be replaced by its pure-TF formula:
+    inside an XLA context, with no lowering registered (or the fallback forced)."""
     if not in_xla_context():
         return False
-    return _forced() or not _lowering_cached(op)
+    return _forced() or not _lowering_cached(spec)
 
 
 _LOWERINGS = {}
 
 
-def _lowering_cached(op):
-    name = _op_type(op)
-    if name not in _LOWERINGS:
+def _lowering_cached(spec):
+    if spec.op_type not in _LOWERINGS:
         with tf.init_scope():
-            _LOWERINGS[name] = has_lowering(op)
-    return _LOWERINGS[name]
-
-
-def fallback(op, y_true, y_pred, mask, padding_value, reduction):
-    """The op's outputs (loss, sum, weight_sum, count) from the pure-TF
-    formula with the op's element function (reference.<name without masked_>)."""
-    from masked_ops import reference
-
-    element_name = op.__name__.removeprefix("masked_")
-    value_fn = getattr(reference, element_name, None)
-    if value_fn is None:
-        raise NotImplementedError(
-            f"{_op_type(op)} has no XLA lowering and masked_ops.reference has no "
-            f"{element_name}() to compile instead"
-        )
-    return reference.masked_loss(value_fn, y_true, y_pred, mask, padding_value, reduction)
+            _LOWERINGS[spec.op_type] = has_lowering(spec)
+    return _LOWERINGS[spec.op_type]

@@ -2,42 +2,39 @@
 
 import keras
 
-from masked_ops.losses import MaskedMeanSquaredError
+from masked_ops.losses import MaskedLoss, MaskedMeanSquaredError
 
 
 @keras.saving.register_keras_serializable(package="masked_ops")
-class MaskedMeanSquaredErrorLoss(keras.layers.Layer):
-    """Adds the fused masked MSE of its inputs to the model's losses
+class MaskedLossLayer(keras.layers.Layer):
+    """Adds a fused masked loss of its inputs to the model's losses
     (`add_loss`), for models that carry the targets and the mask as inputs.
 
-    Called on `[y_true, y_pred]` or `[y_true, y_pred, mask]`, where `mask`
-    (boolean, or float weights) has the per-sample loss shape,
-    `y_pred.shape[:-1]`; without one, the Keras mask of `y_pred` is used if it
-    has one. Returns `y_pred` unchanged. The loss is that of
-    `MaskedMeanSquaredError(padding_value, reduction, global_mean=...)` with
-    `mask` as the Keras mask (boolean) or as the sample weight (float).
+    Called on `[y_true, y_pred]` or `[y_true, y_pred, mask]` (or as
+    `layer(y_true, y_pred, mask)`), where `mask` (boolean, or float weights)
+    has the per-sample loss shape, `y_pred.shape[:-1]`; without one, the Keras
+    mask of `y_pred` is used if it has one. Returns `y_pred` unchanged. The
+    loss is `loss` (any masked_ops Keras loss, MaskedMeanSquaredError() by
+    default) with `mask` as the Keras mask (boolean) or as the sample weight
+    (float).
     """
 
-    def __init__(
-        self,
-        padding_value=None,
-        reduction="sum_over_batch_size",
-        global_mean=False,
-        **kwargs,
-    ):
+    def __init__(self, loss=None, **kwargs):
         super().__init__(**kwargs)
-        self.loss_fn = MaskedMeanSquaredError(
-            padding_value=padding_value,
-            reduction=reduction,
-            name=f"{self.name}_loss",
-            global_mean=global_mean,
-        )
+        if isinstance(loss, dict):
+            loss = keras.saving.deserialize_keras_object(loss)
+        loss = MaskedMeanSquaredError() if loss is None else loss
+        if not isinstance(loss, MaskedLoss):
+            raise TypeError(f"loss must be a masked_ops Keras loss (MaskedLoss), got {loss!r}")
+        self.loss_fn = loss
         self.supports_masking = True
 
-    def call(self, inputs, mask=None):
+    def call(self, inputs, *args, mask=None):
+        if args:
+            inputs = [inputs, *args]
         if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
             raise ValueError(
-                "MaskedMeanSquaredErrorLoss expects [y_true, y_pred] or [y_true, y_pred, mask], "
+                f"{type(self).__name__} expects [y_true, y_pred] or [y_true, y_pred, mask], "
                 f"got {inputs!r}"
             )
         y_true, y_pred = inputs[0], inputs[1]
@@ -53,16 +50,42 @@ class MaskedMeanSquaredErrorLoss(keras.layers.Layer):
         self.add_loss(loss)
         return y_pred
 
-    def compute_mask(self, inputs, mask=None):
+    def compute_mask(self, inputs, *args, mask=None):
         if isinstance(mask, (list, tuple)) and len(mask) > 1:
             return mask[1]
         return None
 
-    def compute_output_shape(self, input_shape):
-        return input_shape[1]
+    def compute_output_shape(self, input_shape, *args):
+        return args[0] if args else input_shape[1]
+
+    def get_config(self):
+        return {**super().get_config(), "loss": keras.saving.serialize_keras_object(self.loss_fn)}
+
+
+@keras.saving.register_keras_serializable(package="masked_ops")
+class MaskedMeanSquaredErrorLoss(MaskedLossLayer):
+    """MaskedLossLayer with MaskedMeanSquaredError(padding_value, reduction,
+    global_mean=...)."""
+
+    def __init__(
+        self,
+        padding_value=None,
+        reduction="sum_over_batch_size",
+        global_mean=False,
+        **kwargs,
+    ):
+        kwargs.pop("loss", None)
+        loss = MaskedMeanSquaredError(
+            padding_value=padding_value,
+            reduction=reduction,
+            name=f"{kwargs.get('name') or 'masked_mean_squared_error'}_loss",
+            global_mean=global_mean,
+        )
+        super().__init__(loss, **kwargs)
 
     def get_config(self):
         config = super().get_config()
+        del config["loss"]
         config.update(
             padding_value=self.loss_fn.padding_value,
             reduction=self.loss_fn.reduction,

@@ -16,8 +16,7 @@ import numpy as np
 import tensorflow as tf
 from keras.src.losses.loss import reduce_weighted_values
 
-from masked_ops import _inputs
-from masked_ops.ops import masked_squared_error_sums
+from masked_ops import _inputs, ops, specs
 
 try:  # Keras keeps masks in a side table for tensors that refuse attributes.
     from keras.src.backend import get_keras_mask as _get_keras_mask
@@ -148,16 +147,26 @@ def _convert_inputs(y_true, y_pred, loss_dtype):
     return y_true, y_pred
 
 
-def _per_sample(y_true, y_pred, keep, acc):
-    """mean over the last axis of the squared error, select-based: elements
+def _per_sample(spec, params, y_true, y_pred, keep, acc, axis=-1):
+    """Mean over `axis` of the loss's element values, select-based: elements
     where `keep` is False contribute exactly 0 whatever they hold."""
     t = tf.cast(y_true, acc)
     p = tf.cast(y_pred, acc)
     if keep is not None:
         t = tf.where(keep, t, tf.zeros_like(t))
         p = tf.where(keep, p, tf.zeros_like(p))
-    d = t - p
-    return tf.reduce_mean(d * d, axis=-1)
+    return tf.reduce_mean(spec.value(t, p, *params), axis=axis)
+
+
+def _masked_per_sample(spec, params, y_true, y_pred, padding_value, axis=-1):
+    padding_value = _check_padding_value(padding_value)
+    y_pred = tf.convert_to_tensor(y_pred)
+    acc = _inputs.accumulator_dtype(y_pred.dtype)
+    y_true, y_pred = _convert_inputs(y_true, y_pred, acc)
+    keep = None
+    if padding_value is not None:
+        keep = _inputs.not_padding(y_true, padding_value)
+    return _per_sample(spec, params, y_true, y_pred, keep, acc, axis)
 
 
 def masked_mean_squared_error(y_true, y_pred, *, padding_value=None):
@@ -166,13 +175,29 @@ def masked_mean_squared_error(y_true, y_pred, *, padding_value=None):
     y_true == padding_value contribute 0 (select-based, so NaN/Inf there never
     leak). Returns the per-sample loss shape, y_pred.shape[:-1], in float32
     (float64 for float64 inputs)."""
-    padding_value = _check_padding_value(padding_value)
-    y_pred = tf.convert_to_tensor(y_pred)
-    y_true, y_pred = _convert_inputs(y_true, y_pred, _inputs.accumulator_dtype(y_pred.dtype))
-    keep = None
-    if padding_value is not None:
-        keep = _inputs.not_padding(y_true, padding_value)
-    return _per_sample(y_true, y_pred, keep, _inputs.accumulator_dtype(y_pred.dtype))
+    return _masked_per_sample(specs.SQUARED_ERROR, (), y_true, y_pred, padding_value)
+
+
+def masked_mean_absolute_error(y_true, y_pred, *, padding_value=None):
+    """Per-sample masked MAE, analogous to `keras.losses.mean_absolute_error`
+    (see masked_mean_squared_error)."""
+    return _masked_per_sample(specs.ABSOLUTE_ERROR, (), y_true, y_pred, padding_value)
+
+
+def masked_huber(y_true, y_pred, *, delta=1.0, padding_value=None):
+    """Per-sample masked Huber loss, analogous to `keras.losses.huber`."""
+    params = (ops._check_delta(delta),)
+    return _masked_per_sample(specs.HUBER, params, y_true, y_pred, padding_value)
+
+
+def masked_binary_crossentropy(
+    y_true, y_pred, *, from_logits=False, label_smoothing=0.0, axis=-1, padding_value=None
+):
+    """Per-sample masked binary cross-entropy, analogous to
+    `keras.losses.binary_crossentropy`."""
+    spec = ops._bce_spec(from_logits)
+    params = (ops._check_label_smoothing(label_smoothing),)
+    return _masked_per_sample(spec, params, y_true, y_pred, padding_value, axis)
 
 
 def _is_leading_prefix(prefix, shape):
@@ -186,17 +211,17 @@ def _expand_to_rank(x, rank):
     return tf.reshape(x, tf.concat([tf.shape(x), tf.ones([extra], tf.int32)], 0))
 
 
-@keras.saving.register_keras_serializable(package="masked_ops")
-class MaskedMeanSquaredError(keras.losses.Loss):
-    """Mean squared error over the unmasked positions, through the fused kernel.
+class MaskedLoss(keras.losses.Loss):
+    """A Keras loss computed by the fused kernel of a loss spec: the base of
+    the drop-in classes below, which only say which spec and parameters.
 
-    With `padding_value=None` and no Keras mask it equals
-    `keras.losses.MeanSquaredError` for every reduction and sample-weight form
-    Keras accepts. A Keras mask on `y_pred` (`Masking`,
-    `Embedding(mask_zero=True)`, ...) is applied the way Keras applies it,
-    combined with `sample_weight`; elements with `y_true == padding_value` are
-    masked out the same way, element by element. Masked positions contribute
-    nothing to the loss or the gradients even when they hold NaN or Inf.
+    With `padding_value=None` and no Keras mask it equals the corresponding
+    Keras loss for every reduction and sample-weight form Keras accepts. A
+    Keras mask on `y_pred` (`Masking`, `Embedding(mask_zero=True)`, ...) is
+    applied the way Keras applies it, combined with `sample_weight`; elements
+    with `y_true == padding_value` are masked out the same way, element by
+    element. Masked positions contribute nothing to the loss or the gradients
+    even when they hold NaN or Inf.
 
     Args:
         padding_value: targets equal to it are masked out; None masks nothing.
@@ -212,21 +237,23 @@ class MaskedMeanSquaredError(keras.losses.Loss):
             The default divides on each replica, as Keras does.
     """
 
-    def __init__(
-        self,
-        padding_value=None,
-        reduction="sum_over_batch_size",
-        name="masked_mean_squared_error",
-        dtype=None,
-        global_mean=False,
-    ):
+    def __init__(self, padding_value, reduction, name, dtype, global_mean):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.padding_value = _check_padding_value(padding_value)
         self.global_mean = bool(global_mean)
         self._dtype_arg = dtype
 
+    # Subclasses: the spec and its parameters for these predictions, and the
+    # axis the per-sample loss averages over.
+    def _loss_for(self, y_pred):
+        """(y_pred, spec, params): the predictions the kernel reads."""
+        raise NotImplementedError
+
+    axis = -1
+
     def call(self, y_true, y_pred):
-        return masked_mean_squared_error(y_true, y_pred, padding_value=self.padding_value)
+        y_pred, spec, params = self._loss_for(tf.convert_to_tensor(y_pred))
+        return _masked_per_sample(spec, params, y_true, y_pred, self.padding_value, self.axis)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         with tf.name_scope(self.name):
@@ -236,6 +263,7 @@ class MaskedMeanSquaredError(keras.losses.Loss):
         """The loss with an explicit mask (the per-sample loss shape or
         broadcastable to it) in place of the Keras mask of `y_pred`."""
         loss_dtype = tf.as_dtype(self.dtype)
+        y_pred, spec, params = self._loss_for(tf.convert_to_tensor(y_pred))
         y_true, y_pred = _convert_inputs(y_true, y_pred, loss_dtype)
         if y_pred.shape.rank is None or y_pred.shape.rank == 0:
             raise ValueError(f"y_pred must have a known rank >= 1, got shape {y_pred.shape}")
@@ -244,9 +272,11 @@ class MaskedMeanSquaredError(keras.losses.Loss):
             mask = tf.cast(mask, tf.bool)
         if sample_weight is not None:
             sample_weight = tf.cast(sample_weight, acc)
-        loss = self._fused(y_true, y_pred, sample_weight, mask, acc)
+        loss = None
+        if self.axis in (-1, y_pred.shape.rank - 1):
+            loss = self._fused(spec, params, y_true, y_pred, sample_weight, mask, acc)
         if loss is None:
-            loss = self._unfused(y_true, y_pred, sample_weight, mask, acc)
+            loss = self._unfused(spec, params, y_true, y_pred, sample_weight, mask, acc)
         return tf.cast(loss, loss_dtype)
 
     def _weights(self, values_shape, sample_weight, mask, acc):
@@ -265,7 +295,7 @@ class MaskedMeanSquaredError(keras.losses.Loss):
             return values_shape, None
         return _squeeze_or_expand_shape(values_shape, weights)
 
-    def _fused(self, y_true, y_pred, sample_weight, mask, acc):
+    def _fused(self, spec, params, y_true, y_pred, sample_weight, mask, acc):
         """The loss from the fused sums, or None for the cases that need the
         per-sample losses: reduction "none", and weights that do not broadcast
         to the per-sample loss shape."""
@@ -297,9 +327,7 @@ class MaskedMeanSquaredError(keras.losses.Loss):
         if kernel_mask is not None and kernel_mask.dtype != tf.bool:
             kernel_mask = tf.cast(kernel_mask, y_pred.dtype)
 
-        sums = masked_squared_error_sums(
-            y_true, y_pred, kernel_mask, padding_value=self.padding_value
-        )
+        sums = ops.masked_sums(spec, y_true, y_pred, kernel_mask, self.padding_value, params)
         total = sums.sum / features  # sum of the weighted per-sample losses
 
         if values_shape.rank == 0:
@@ -353,7 +381,7 @@ class MaskedMeanSquaredError(keras.losses.Loss):
             loss = loss * tf.cast(1.0 / replicas, loss.dtype)
         return loss
 
-    def _unfused(self, y_true, y_pred, sample_weight, mask, acc):
+    def _unfused(self, spec, params, y_true, y_pred, sample_weight, mask, acc):
         """Per-sample losses (select-based), reduced exactly as Keras reduces."""
         keep = None
         if self.padding_value is not None:
@@ -366,7 +394,7 @@ class MaskedMeanSquaredError(keras.losses.Loss):
             expanded = _expand_to_rank(mask, y_pred.shape.rank)
             expanded = tf.broadcast_to(expanded, tf.shape(y_pred))
             keep = expanded if keep is None else tf.logical_and(keep, expanded)
-        values = _per_sample(y_true, y_pred, keep, acc)
+        values = _per_sample(spec, params, y_true, y_pred, keep, acc, self.axis)
         return reduce_weighted_values(
             values,
             sample_weight=sample_weight,
@@ -384,4 +412,123 @@ class MaskedMeanSquaredError(keras.losses.Loss):
         return config
 
 
-__all__ = ["MaskedMeanSquaredError", "masked_mean_squared_error"]
+@keras.saving.register_keras_serializable(package="masked_ops")
+class MaskedMeanSquaredError(MaskedLoss):
+    """Drop-in for `keras.losses.MeanSquaredError` (see MaskedLoss)."""
+
+    def __init__(
+        self,
+        padding_value=None,
+        reduction="sum_over_batch_size",
+        name="masked_mean_squared_error",
+        dtype=None,
+        global_mean=False,
+    ):
+        super().__init__(padding_value, reduction, name, dtype, global_mean)
+
+    def _loss_for(self, y_pred):
+        return y_pred, specs.SQUARED_ERROR, ()
+
+
+@keras.saving.register_keras_serializable(package="masked_ops")
+class MaskedMeanAbsoluteError(MaskedLoss):
+    """Drop-in for `keras.losses.MeanAbsoluteError` (see MaskedLoss)."""
+
+    def __init__(
+        self,
+        reduction="sum_over_batch_size",
+        name="masked_mean_absolute_error",
+        dtype=None,
+        *,
+        padding_value=None,
+        global_mean=False,
+    ):
+        super().__init__(padding_value, reduction, name, dtype, global_mean)
+
+    def _loss_for(self, y_pred):
+        return y_pred, specs.ABSOLUTE_ERROR, ()
+
+
+@keras.saving.register_keras_serializable(package="masked_ops")
+class MaskedHuber(MaskedLoss):
+    """Drop-in for `keras.losses.Huber` (see MaskedLoss)."""
+
+    def __init__(
+        self,
+        delta=1.0,
+        reduction="sum_over_batch_size",
+        name="masked_huber_loss",
+        dtype=None,
+        *,
+        padding_value=None,
+        global_mean=False,
+    ):
+        super().__init__(padding_value, reduction, name, dtype, global_mean)
+        self.delta = ops._check_delta(delta)
+
+    def _loss_for(self, y_pred):
+        return y_pred, specs.HUBER, (self.delta,)
+
+    def get_config(self):
+        return {**super().get_config(), "delta": self.delta}
+
+
+@keras.saving.register_keras_serializable(package="masked_ops")
+class MaskedBinaryCrossentropy(MaskedLoss):
+    """Drop-in for `keras.losses.BinaryCrossentropy` (see MaskedLoss).
+
+    As Keras, predictions produced by a sigmoid (a graph-mode `Sigmoid` op, or
+    a tensor carrying `_keras_logits`) are taken as logits: the stable form."""
+
+    def __init__(
+        self,
+        from_logits=False,
+        label_smoothing=0.0,
+        axis=-1,
+        reduction="sum_over_batch_size",
+        name="masked_binary_crossentropy",
+        dtype=None,
+        *,
+        padding_value=None,
+        global_mean=False,
+    ):
+        super().__init__(padding_value, reduction, name, dtype, global_mean)
+        self.from_logits = bool(from_logits)
+        self.label_smoothing = ops._check_label_smoothing(label_smoothing)
+        self.axis = axis
+
+    def _loss_for(self, y_pred):
+        from_logits = self.from_logits
+        # Keras's rule (its backend's _get_logits), on the predictions as Keras
+        # sees them: in the loss dtype (a cast first hides the Sigmoid).
+        if y_pred.dtype == tf.as_dtype(self.dtype):
+            if hasattr(y_pred, "_keras_logits"):
+                y_pred, from_logits = y_pred._keras_logits, True
+            elif (
+                not isinstance(y_pred, (tf.__internal__.EagerTensor, tf.Variable))
+                and hasattr(y_pred, "op")
+                and y_pred.op.type == "Sigmoid"
+            ):
+                y_pred, from_logits = y_pred.op.inputs[0], True
+        return y_pred, ops._bce_spec(from_logits), (self.label_smoothing,)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "from_logits": self.from_logits,
+            "label_smoothing": self.label_smoothing,
+            "axis": self.axis,
+        }
+
+
+__all__ = [
+    "MaskedBinaryCrossentropy",
+    "MaskedHuber",
+    "MaskedLoss",
+    "MaskedMeanAbsoluteError",
+    "MaskedMeanSquaredError",
+    "masked_binary_crossentropy",
+    "masked_huber",
+    "masked_mean_absolute_error",
+    "masked_mean_squared_error",
+]

@@ -1,34 +1,42 @@
 """Fused masked losses: the TensorFlow ops from the compiled library, their
-gradients, and the public functions."""
-
-import collections
+gradients, and the public functions, all driven by the loss specs."""
 
 import tensorflow as tf
 
-from masked_ops import _inputs, _xla
+from masked_ops import _inputs, _xla, reference, specs
 from masked_ops._loader import op_library
+from masked_ops.specs import MaskedSums
 
-MaskedSums = collections.namedtuple("MaskedSums", ["sum", "weight_sum", "count"])
+
+def _wrapper(name):
+    fn = getattr(op_library, name, None)
+    if fn is None:
+        raise ImportError(
+            f"masked_ops: the op library has no {name}: the loss specs (masked_ops/specs.py) "
+            f"and the compiled loss table (csrc/kernels/loss_list.h) disagree; rebuild"
+        )
+    return fn
 
 
 def _attr_str(value):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def register_gradient(op_name, grad_op):
+def _register_gradient(spec):
     """Registers the fused gradient of a masked-loss op (outputs loss, sum,
     weight_sum, count). One kernel writes only the gradients that are needed:
     inputs the tape skips get none, and boolean masks never get one."""
+    grad_op = _wrapper(spec.grad_op)
 
-    @tf.RegisterGradient(op_name)
+    @tf.RegisterGradient(spec.op_type)
     def _gradient(op, grad_loss, grad_sum, grad_weight_sum, _grad_count):
         skip = set(getattr(op, "skip_input_indices", None) or ())
-        y_true, y_pred, mask, padding_value = op.inputs
+        y_true, y_pred, mask, padding_value, params = op.inputs
         want_true = 0 not in skip
         want_pred = 1 not in skip
         want_mask = mask.dtype.is_floating and 2 not in skip
         if not (want_true or want_pred or want_mask):
-            return [None] * 4
+            return [None] * 5
         acc = op.outputs[0].dtype
 
         def upstream(g):
@@ -42,6 +50,7 @@ def register_gradient(op_name, grad_op):
             y_pred=y_pred,
             mask=mask,
             padding_value=padding_value,
+            params=params,
             loss=op.outputs[0],
             weight_sum=op.outputs[2],
             reduction=_attr_str(op.get_attr("reduction")),
@@ -55,31 +64,63 @@ def register_gradient(op_name, grad_op):
             grad_pred if want_pred else None,
             grad_mask if want_mask else None,
             None,
+            None,
         ]
 
-    tf.no_gradient(op_name + "Grad")
+    tf.no_gradient(spec.op_type + "Grad")
 
 
-def fused(op, y_true, y_pred, mask, padding_value, reduction):
-    """Runs a masked-loss op; returns (loss, sum, weight_sum, count)."""
+_OPS = {}
+for _spec in specs.LOSSES:
+    _OPS[_spec.op_type] = _wrapper(_spec.op)
+    _register_gradient(_spec)
+
+
+def fused(spec, y_true, y_pred, mask, padding_value, reduction, params=()):
+    """Runs the op of `spec`; returns (loss, sum, weight_sum, count)."""
     _inputs.check_reduction(reduction)
-    if _xla.use_fallback(op):
-        return _xla.fallback(op, y_true, y_pred, mask, padding_value, reduction)
+    params = tuple(float(p) for p in params)
+    if len(params) != len(spec.params):
+        raise ValueError(f"{spec.name} takes parameters {spec.params}, got {params}")
+    if _xla.use_fallback(spec):
+        return reference.masked_loss(spec, y_true, y_pred, mask, padding_value, reduction, params)
     y_true, y_pred, mask, padding, has_padding = _inputs.prepare(
         y_true, y_pred, mask, padding_value
     )
-    return op(
+    return _OPS[spec.op_type](
         y_true=y_true,
         y_pred=y_pred,
         mask=mask,
         padding_value=padding,
+        params=tf.constant(params, tf.float64, shape=[len(params)]),
         Tout=_inputs.accumulator_dtype(y_pred.dtype),
         reduction=reduction,
         has_padding_value=has_padding,
     )
 
 
-register_gradient("MaskedSquaredError", op_library.masked_squared_error_grad)
+def masked_sums(spec, y_true, y_pred, mask=None, padding_value=None, params=()):
+    """(sum, weight_sum, count) of the loss of `spec` (any entry of specs.LOSSES)."""
+    _, s, w, c = fused(spec, y_true, y_pred, mask, padding_value, "sum", params)
+    return MaskedSums(s, w, c)
+
+
+def _bce_spec(from_logits):
+    return specs.BINARY_CROSSENTROPY_FROM_LOGITS if from_logits else specs.BINARY_CROSSENTROPY
+
+
+def _check_label_smoothing(label_smoothing):
+    label_smoothing = float(label_smoothing)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    return label_smoothing
+
+
+def _check_delta(delta):
+    delta = float(delta)
+    if not 0.0 < delta < float("inf"):
+        raise ValueError(f"delta must be positive and finite, got {delta}")
+    return delta
 
 
 def masked_squared_error_sums(y_true, y_pred, mask=None, *, padding_value=None):
@@ -90,8 +131,7 @@ def masked_squared_error_sums(y_true, y_pred, mask=None, *, padding_value=None):
     integer or float weights; the inputs' shape or a leading prefix of it) and
     not equal to `padding_value`.
     """
-    _, s, w, c = fused(op_library.masked_squared_error, y_true, y_pred, mask, padding_value, "sum")
-    return MaskedSums(s, w, c)
+    return masked_sums(specs.SQUARED_ERROR, y_true, y_pred, mask, padding_value)
 
 
 def masked_mse(y_true, y_pred, mask=None, *, padding_value=None, reduction="mean"):
@@ -101,4 +141,55 @@ def masked_mse(y_true, y_pred, mask=None, *, padding_value=None, reduction="mean
     reduction="sum": the masked sum. Masked positions contribute nothing and get
     zero gradient even when they hold NaN or Inf.
     """
-    return fused(op_library.masked_squared_error, y_true, y_pred, mask, padding_value, reduction)[0]
+    return fused(specs.SQUARED_ERROR, y_true, y_pred, mask, padding_value, reduction)[0]
+
+
+def masked_absolute_error_sums(y_true, y_pred, mask=None, *, padding_value=None):
+    """Fused (sum, weight_sum, count) of |y_true - y_pred| (see masked_squared_error_sums)."""
+    return masked_sums(specs.ABSOLUTE_ERROR, y_true, y_pred, mask, padding_value)
+
+
+def masked_mae(y_true, y_pred, mask=None, *, padding_value=None, reduction="mean"):
+    """Masked mean absolute error in one fused pass (gradient 0 where y_true == y_pred,
+    as TensorFlow's); otherwise as masked_mse."""
+    return fused(specs.ABSOLUTE_ERROR, y_true, y_pred, mask, padding_value, reduction)[0]
+
+
+def masked_huber_sums(y_true, y_pred, mask=None, *, delta=1.0, padding_value=None):
+    """Fused (sum, weight_sum, count) of the Huber loss (see masked_huber)."""
+    return masked_sums(specs.HUBER, y_true, y_pred, mask, padding_value, (_check_delta(delta),))
+
+
+def masked_huber(y_true, y_pred, mask=None, *, delta=1.0, padding_value=None, reduction="mean"):
+    """Masked Huber loss, as keras.losses.Huber: with e = y_pred - y_true,
+    0.5 e^2 where |e| <= delta, else delta |e| - 0.5 delta^2; otherwise as masked_mse."""
+    params = (_check_delta(delta),)
+    return fused(specs.HUBER, y_true, y_pred, mask, padding_value, reduction, params)[0]
+
+
+def masked_binary_crossentropy_sums(
+    y_true, y_pred, mask=None, *, from_logits=False, label_smoothing=0.0, padding_value=None
+):
+    """Fused (sum, weight_sum, count) of the binary cross-entropy (see
+    masked_binary_crossentropy)."""
+    params = (_check_label_smoothing(label_smoothing),)
+    return masked_sums(_bce_spec(from_logits), y_true, y_pred, mask, padding_value, params)
+
+
+def masked_binary_crossentropy(
+    y_true,
+    y_pred,
+    mask=None,
+    *,
+    from_logits=False,
+    label_smoothing=0.0,
+    padding_value=None,
+    reduction="mean",
+):
+    """Masked binary cross-entropy, as keras.losses.binary_crossentropy per
+    element: targets smoothed to y_true (1 - s) + s / 2; from probabilities,
+    y_pred clipped to [1e-7, 1 - 1e-7]; from logits, the stable form of
+    tf.nn.sigmoid_cross_entropy_with_logits. Otherwise as masked_mse."""
+    params = (_check_label_smoothing(label_smoothing),)
+    spec = _bce_spec(from_logits)
+    return fused(spec, y_true, y_pred, mask, padding_value, reduction, params)[0]

@@ -2,21 +2,17 @@
 
 Select-based: masked positions are replaced before any arithmetic, so NaN/Inf
 there reach neither the loss nor the gradients. Tests and benchmarks compare
-the fused kernels against these."""
+the fused kernels against these; under XLA, when an op has no lowering, this
+formula is what gets compiled."""
 
 import tensorflow as tf
 
-from masked_ops import _inputs
-from masked_ops.ops import MaskedSums
+from masked_ops import _inputs, specs
+from masked_ops.specs import MaskedSums
 
 
-def squared_error(t, p):
-    d = t - p
-    return d * d
-
-
-def masked_loss(value_fn, y_true, y_pred, mask, padding_value, reduction):
-    """(loss, sum, weight_sum, count) of sum(w * value_fn(t, p)) over kept positions."""
+def masked_loss(spec, y_true, y_pred, mask, padding_value, reduction, params=()):
+    """(loss, sum, weight_sum, count) of sum(w * spec.value(t, p, *params)) over kept positions."""
     _inputs.check_reduction(reduction)
     y_true, y_pred, mask, padding, has_padding = _inputs.prepare(
         y_true, y_pred, mask, padding_value
@@ -46,7 +42,7 @@ def masked_loss(value_fn, y_true, y_pred, mask, padding_value, reduction):
             ),
         )
     zeros = tf.zeros_like(t)
-    value = value_fn(tf.where(keep, t, zeros), tf.where(keep, p, zeros))
+    value = spec.value(tf.where(keep, t, zeros), tf.where(keep, p, zeros), *params)
     total = tf.reduce_sum(tf.where(keep, w * value, zeros))
     weight_sum = tf.reduce_sum(tf.where(keep, w, zeros))
     count = tf.math.count_nonzero(keep, dtype=tf.int64)
@@ -60,11 +56,11 @@ def masked_loss(value_fn, y_true, y_pred, mask, padding_value, reduction):
 def masked_squared_error_sums(y_true, y_pred, mask=None, *, padding_value=None):
     """Reference for masked_ops.masked_squared_error_sums."""
     _, total, weight_sum, count = masked_loss(
-        squared_error, y_true, y_pred, mask, padding_value, "sum"
+        specs.SQUARED_ERROR, y_true, y_pred, mask, padding_value, "sum"
     )
     return MaskedSums(total, weight_sum, count)
 
 
 def masked_mse(y_true, y_pred, mask=None, *, padding_value=None, reduction="mean"):
     """Reference for masked_ops.masked_mse."""
-    return masked_loss(squared_error, y_true, y_pred, mask, padding_value, reduction)[0]
+    return masked_loss(specs.SQUARED_ERROR, y_true, y_pred, mask, padding_value, reduction)[0]

@@ -225,7 +225,13 @@ def raw_inputs(dtype):
     y = tf.zeros([4, 3], dtype)
     # has_padding_value defaults to False: the padding value is not read.
     padding = tf.constant(0.0, tf.float64)
-    return {"y_true": y, "y_pred": y, "mask": tf.constant(True), "padding_value": padding}
+    return {
+        "y_true": y,
+        "y_pred": y,
+        "mask": tf.constant(True),
+        "padding_value": padding,
+        "params": tf.zeros([0], tf.float64),
+    }
 
 
 @pytest.mark.parametrize(
@@ -241,7 +247,7 @@ def raw_inputs(dtype):
 @pytest.mark.parametrize("mode", ["eager", "function"])
 def test_raw_op_with_wrong_tout_is_invalid_argument(dtype, tout, mode):
     def call():
-        return op_library.masked_squared_error(**raw_inputs(dtype), Tout=tout)
+        return op_library.masked_ops_squared_error(**raw_inputs(dtype), Tout=tout)
 
     if mode == "function":
         call = tf.function(call)
@@ -260,7 +266,7 @@ def test_raw_op_with_wrong_tout_is_invalid_argument(dtype, tout, mode):
 
 def test_raw_op_with_right_tout_works():
     # Control for the test above: the same call with the accumulator dtype runs.
-    loss, s, w, c = op_library.masked_squared_error(**raw_inputs(tf.float16), Tout=tf.float32)
+    loss, s, w, c = op_library.masked_ops_squared_error(**raw_inputs(tf.float16), Tout=tf.float32)
     assert (float(loss), float(s), float(w), int(c)) == (0.0, 0.0, 12.0, 12)
 
 
@@ -268,12 +274,14 @@ def test_raw_op_with_non_scalar_padding_value_is_invalid_argument():
     args = raw_inputs(tf.float32)
     args["padding_value"] = tf.zeros([2], tf.float64)
     with pytest.raises(tf.errors.InvalidArgumentError, match="padding_value must be a scalar"):
-        op_library.masked_squared_error(**args, Tout=tf.float32)
+        op_library.masked_ops_squared_error(**args, Tout=tf.float32)
 
 
 def test_raw_op_with_unknown_reduction_attr_is_rejected():
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError, TypeError)) as err:
-        op_library.masked_squared_error(**raw_inputs(tf.float32), Tout=tf.float32, reduction="avg")
+        op_library.masked_ops_squared_error(
+            **raw_inputs(tf.float32), Tout=tf.float32, reduction="avg"
+        )
     assert "avg" in str(err.value)
 
 
@@ -281,7 +289,7 @@ def test_raw_grad_op_with_bool_mask_and_want_mask_is_invalid_argument():
     args = raw_inputs(tf.float32)
     zero = tf.zeros([])
     with pytest.raises(tf.errors.InvalidArgumentError, match="boolean mask has no gradient"):
-        op_library.masked_squared_error_grad(
+        op_library.masked_ops_squared_error_grad(
             grad_loss=zero,
             grad_sum=zero,
             grad_weight_sum=zero,
@@ -296,7 +304,7 @@ def test_raw_grad_op_with_non_scalar_upstream_is_invalid_argument():
     args = raw_inputs(tf.float32)
     zero = tf.zeros([])
     with pytest.raises(tf.errors.InvalidArgumentError, match="must be a scalar"):
-        op_library.masked_squared_error_grad(
+        op_library.masked_ops_squared_error_grad(
             grad_loss=tf.zeros([2]),
             grad_sum=zero,
             grad_weight_sum=zero,

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from tolerances import assert_close
 
-from masked_ops import _xla
+from masked_ops import _xla, reference, specs
 from masked_ops.layers import MaskedMeanSquaredErrorLoss
 from masked_ops.losses import MaskedMeanSquaredError
 
@@ -98,17 +98,16 @@ def test_fit_matches_keras(keras_reference, mode, weighted):
 
 @pytest.mark.parametrize("forced", [False, True])
 def test_fit_under_jit_uses_the_lowering_when_built(monkeypatch, forced):
-    from masked_ops._loader import op_library
 
     calls = []
-    original = _xla.fallback
-    monkeypatch.setattr(_xla, "fallback", lambda *args: calls.append(1) or original(*args))
+    original = reference.masked_loss
+    monkeypatch.setattr(reference, "masked_loss", lambda *args: calls.append(1) or original(*args))
     x, y, _, _ = _data()
     model = _model()
     model.compile(optimizer="sgd", loss=MaskedMeanSquaredError(), jit_compile=True)
     with _xla.force_fallback() if forced else contextlib.nullcontext():
         model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    lowered = _xla.has_lowering(op_library.masked_squared_error)
+    lowered = _xla.has_lowering(specs.SQUARED_ERROR)
     assert bool(calls) == (forced or not lowered)
 
 

@@ -101,7 +101,7 @@ def test_reductions_run_the_fused_op(reduction):
     sample_weight = _weights(rng, (B, T))
     loss = MaskedMeanSquaredError(reduction=reduction)
     types = _op_types(lambda t, p, w: loss(t, p, sample_weight=w), y_true, y_pred, sample_weight)
-    assert "MaskedSquaredError" in types
+    assert "MaskedOps>SquaredError" in types
     # The per-position weights broadcast inside the kernel: no full-size tile.
     assert "Tile" not in types and "BroadcastTo" not in types
 
@@ -335,7 +335,7 @@ def test_16_bit_predictions_go_to_the_kernel_uncast(dtype):
         return loss(t, _keep_mask(p, mask), w)
 
     graph = tf.function(fn).get_concrete_function(y_true, y_pred, sample_weight).graph
-    (op,) = [op for op in graph.get_operations() if op.type == "MaskedSquaredError"]
+    (op,) = [op for op in graph.get_operations() if op.type == "MaskedOps>SquaredError"]
     assert op.get_attr("T") == dtype
     source = op.inputs[1].op  # y_pred itself, no Cast on the way
     while source.type == "Identity":

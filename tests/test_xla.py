@@ -14,17 +14,17 @@ import tensorflow as tf
 from tolerances import assert_close
 
 import masked_ops
-from masked_ops import _xla
+from masked_ops import _xla, specs
 from masked_ops._loader import op_library
 
-OP = op_library.masked_squared_error
+SPEC = specs.SQUARED_ERROR
 MASK_KINDS = ["none", "bool_prefix", "float_prefix", "float_full"]
 DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
 
 
 @pytest.fixture(scope="module")
 def lowered():
-    return _xla.has_lowering(OP)
+    return _xla.has_lowering(SPEC)
 
 
 def _inputs(dtype, mask_kind, seed=0):
@@ -123,8 +123,8 @@ def test_xla_context_detection():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_forced_fallback_under_jit(dtype):
     types = _check(dtype, forced=True)
-    assert "MaskedSquaredError" not in types
-    assert "MaskedSquaredErrorGrad" not in types
+    assert "MaskedOps>SquaredError" not in types
+    assert "MaskedOps>SquaredErrorGrad" not in types
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -132,8 +132,8 @@ def test_op_under_jit(lowered, dtype):
     """With lowerings the op and its gradient op are compiled by XLA; without
     them the fallback is chosen automatically. Both give the eager results."""
     types = _check(dtype, forced=False)
-    assert ("MaskedSquaredError" in types) == lowered
-    assert ("MaskedSquaredErrorGrad" in types) == lowered
+    assert ("MaskedOps>SquaredError" in types) == lowered
+    assert ("MaskedOps>SquaredErrorGrad" in types) == lowered
 
 
 def test_lowerings_built_when_required(lowered):
@@ -143,7 +143,7 @@ def test_lowerings_built_when_required(lowered):
     built = hasattr(op_library, "masked_ops_xla_lowered_ops")
     assert built or not required
     if built:
-        assert b"MaskedSquaredError" in op_library.masked_ops_xla_lowered_ops().numpy().tolist()
+        assert b"MaskedOps>SquaredError" in op_library.masked_ops_xla_lowered_ops().numpy().tolist()
     assert lowered == built
 
 
@@ -163,7 +163,7 @@ def test_library_loaded_after_xla_started_falls_back():
         fn = tf.function(
             lambda t, p: masked_ops.masked_mse(t, p, [True, False]), jit_compile=True
         )
-        print(_xla.has_lowering(op_library.masked_squared_error), float(fn(t, p)))
+        print(_xla.has_lowering(masked_ops.specs.SQUARED_ERROR), float(fn(t, p)))
         """
     )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")

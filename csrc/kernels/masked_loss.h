@@ -1,10 +1,12 @@
 // Arguments shared by every masked loss, CPU and CUDA alike.
 //
-// A loss is a functor with
+// A loss is a functor (csrc/kernels/losses/, listed in loss_list.h) with
 //   value(t, p)      the per-element loss,
 //   grad_pred(t, p)  d value / d p,
 //   grad_true(t, p)  d value / d t,
-// all in the accumulator type. With w the mask weight of an element and
+// all templates on the accumulator type, and its scalar parameters (Huber's
+// delta, a label smoothing) as members, set from LossParams and passed to the
+// kernels by value. With w the mask weight of an element and
 // keep = (w != 0) && (t != padding_value), the forward reduces
 //   sum = sum(keep ? w * value : 0), weight_sum = sum(keep ? w : 0),
 //   count = sum(keep ? 1 : 0)
@@ -43,6 +45,14 @@ inline const char* status_message(Status s) {
   }
   return "unknown status";
 }
+
+// The scalar parameters of a loss, in the order its functor documents
+// (kNumParams of them); the adapters fill it from the op's `params` input.
+struct LossParams {
+  static constexpr int kMax = 2;
+  double value[kMax] = {};
+  int size = 0;
+};
 
 // Loads through a misaligned pointer are undefined behaviour on the host and
 // kill the CUDA context on the device: adapters refuse such buffers up front

@@ -134,8 +134,9 @@ struct LaneSums {
 // mask[i]; otherwise every element has weight w_const (a prefix-mask row with
 // non-zero weight, or no mask).
 template <class Loss, class T, class M, bool kElementwise>
-void accumulate(LaneSums<acc_t<T>, std::is_same<M, bool>::value>& acc, const T* yt, const T* yp,
-                const M* mask, acc_t<T> w_const, acc_t<T> pad, int64_t len) {
+void accumulate(const Loss& loss, LaneSums<acc_t<T>, std::is_same<M, bool>::value>& acc,
+                const T* yt, const T* yp, const M* mask, acc_t<T> w_const, acc_t<T> pad,
+                int64_t len) {
   using Acc = acc_t<T>;
   constexpr bool kBinary = std::is_same<M, bool>::value;
   auto step = [&](int64_t i, int l) {
@@ -150,7 +151,7 @@ void accumulate(LaneSums<acc_t<T>, std::is_same<M, bool>::value>& acc, const T* 
       w = to_acc(mask[i]);
       keep &= w != Acc(0);
     }
-    const Acc v = kBinary ? Loss::value(t, p) : Loss::value(t, p) * w;
+    const Acc v = kBinary ? loss.value(t, p) : loss.value(t, p) * w;
     acc.s[l] += select_or_zero(keep, v);
     if (!kBinary) acc.ws[l] += select_or_zero(keep, w);
     acc.c[l] += select_or_zero(keep, Acc(1));
@@ -175,7 +176,7 @@ void expand_rows(const M* mask, int64_t inner, int64_t begin, int64_t len, M* ou
 }
 
 template <class Loss, class T, class M>
-Partial forward_range(const MaskedInputs<T, M>& in, int64_t begin, int64_t end) {
+Partial forward_range(const Loss& loss, const MaskedInputs<T, M>& in, int64_t begin, int64_t end) {
   using Acc = acc_t<T>;
   const Acc pad = Acc(in.padding_value);
   const int64_t inner = in.inner();
@@ -183,8 +184,8 @@ Partial forward_range(const MaskedInputs<T, M>& in, int64_t begin, int64_t end) 
   Partial total;
   if (in.mask != nullptr && inner == 1) {
     for (int64_t b = begin; b < end; b += kBlock) {
-      accumulate<Loss, T, M, true>(acc, in.y_true + b, in.y_pred + b, in.mask + b, Acc(1), pad,
-                                   std::min(kBlock, end - b));
+      accumulate<Loss, T, M, true>(loss, acc, in.y_true + b, in.y_pred + b, in.mask + b, Acc(1),
+                                   pad, std::min(kBlock, end - b));
       acc.flush(total);
     }
     return total;
@@ -196,7 +197,8 @@ Partial forward_range(const MaskedInputs<T, M>& in, int64_t begin, int64_t end) 
     for (int64_t b = begin; b < end; b += kBlock) {
       const int64_t len = std::min(kBlock, end - b);
       expand_rows(in.mask, inner, b, len, expanded);
-      accumulate<Loss, T, M, true>(acc, in.y_true + b, in.y_pred + b, expanded, Acc(1), pad, len);
+      accumulate<Loss, T, M, true>(loss, acc, in.y_true + b, in.y_pred + b, expanded, Acc(1), pad,
+                                   len);
       acc.flush(total);
     }
     return total;
@@ -208,7 +210,8 @@ Partial forward_range(const MaskedInputs<T, M>& in, int64_t begin, int64_t end) 
     const Acc w = in.mask != nullptr ? MaskWeight<Acc, M>::of(in.mask[row]) : Acc(1);
     while (w != Acc(0) && pos < seg_end) {
       const int64_t len = std::min(seg_end - pos, kBlock - acc.pending);
-      accumulate<Loss, T, M, false>(acc, in.y_true + pos, in.y_pred + pos, nullptr, w, pad, len);
+      accumulate<Loss, T, M, false>(loss, acc, in.y_true + pos, in.y_pred + pos, nullptr, w, pad,
+                                    len);
       if (acc.pending == kBlock) acc.flush(total);
       pos += len;
     }
@@ -222,9 +225,9 @@ Partial forward_range(const MaskedInputs<T, M>& in, int64_t begin, int64_t end) 
 // for an elementwise float mask, grad_mask; for a prefix mask returns the sum
 // of the mask gradient over the span (the caller owns whole rows).
 template <class Loss, class T, class M, bool kElementwise, bool kTrue, bool kPred, bool kMask>
-acc_t<T> backward_span(const T* yt, const T* yp, const M* mask, acc_t<T> w_const, acc_t<T> pad,
-                       GradCoefficients<acc_t<T>> k, int64_t len, T* grad_true, T* grad_pred,
-                       M* grad_mask) {
+acc_t<T> backward_span(const Loss& loss, const T* yt, const T* yp, const M* mask, acc_t<T> w_const,
+                       acc_t<T> pad, GradCoefficients<acc_t<T>> k, int64_t len, T* grad_true,
+                       T* grad_pred, M* grad_mask) {
   using Acc = acc_t<T>;
   Acc row[kLanes] = {};
   auto step = [&](int64_t i, int l) {
@@ -241,10 +244,10 @@ acc_t<T> backward_span(const T* yt, const T* yp, const M* mask, acc_t<T> w_const
       keep &= w != Acc(0);
     }
     const Acc aw = k.a * w;
-    if (kTrue) grad_true[i] = from_acc<T>(select_or_zero(keep, aw * Loss::grad_true(t, p)));
-    if (kPred) grad_pred[i] = from_acc<T>(select_or_zero(keep, aw * Loss::grad_pred(t, p)));
+    if (kTrue) grad_true[i] = from_acc<T>(select_or_zero(keep, aw * loss.grad_true(t, p)));
+    if (kPred) grad_pred[i] = from_acc<T>(select_or_zero(keep, aw * loss.grad_pred(t, p)));
     if constexpr (kMask) {
-      const Acc gw = select_or_zero(keep, k.a * Loss::value(t, p) + k.b);
+      const Acc gw = select_or_zero(keep, k.a * loss.value(t, p) + k.b);
       if (kElementwise) {
         grad_mask[i] = from_acc<M>(gw);
       } else {
@@ -264,8 +267,8 @@ acc_t<T> backward_span(const T* yt, const T* yp, const M* mask, acc_t<T> w_const
 }
 
 template <class Loss, class T, class M, bool kTrue, bool kPred, bool kMask>
-void backward_tasks(const MaskedInputs<T, M>& in, GradCoefficients<acc_t<T>> k, T* grad_true,
-                    T* grad_pred, M* grad_mask, const ParallelFor& parallel_for) {
+void backward_tasks(const Loss& loss, const MaskedInputs<T, M>& in, GradCoefficients<acc_t<T>> k,
+                    T* grad_true, T* grad_pred, M* grad_mask, const ParallelFor& parallel_for) {
   using Acc = acc_t<T>;
   const Acc pad = Acc(in.padding_value);
   const int64_t n = in.n;
@@ -280,8 +283,9 @@ void backward_tasks(const MaskedInputs<T, M>& in, GradCoefficients<acc_t<T>> k, 
       for (int64_t c = first; c < last; ++c) {
         const int64_t b = c * kChunk;
         backward_span<Loss, T, M, true, kTrue, kPred, kMask>(
-            in.y_true + b, in.y_pred + b, in.mask + b, Acc(1), pad, k, std::min(kChunk, n - b),
-            offset(grad_true, b), offset(grad_pred, b), offset(grad_mask, b));
+            loss, in.y_true + b, in.y_pred + b, in.mask + b, Acc(1), pad, k,
+            std::min(kChunk, n - b), offset(grad_true, b), offset(grad_pred, b),
+            offset(grad_mask, b));
       }
     });
     return;
@@ -295,8 +299,8 @@ void backward_tasks(const MaskedInputs<T, M>& in, GradCoefficients<acc_t<T>> k, 
            ++row) {
         const int64_t b = row * inner;
         const Acc g = backward_span<Loss, T, M, false, kTrue, kPred, kMask>(
-            in.y_true + b, in.y_pred + b, nullptr, weight(row), pad, k, inner, offset(grad_true, b),
-            offset(grad_pred, b), nullptr);
+            loss, in.y_true + b, in.y_pred + b, nullptr, weight(row), pad, k, inner,
+            offset(grad_true, b), offset(grad_pred, b), nullptr);
         grad_mask[row] = from_acc<M>(g);
       }
     });
@@ -311,7 +315,7 @@ void backward_tasks(const MaskedInputs<T, M>& in, GradCoefficients<acc_t<T>> k, 
         const int64_t len = std::min(kBlock, end - b);
         expand_rows(in.mask, inner, b, len, expanded);
         backward_span<Loss, T, M, true, kTrue, kPred, false>(
-            in.y_true + b, in.y_pred + b, expanded, Acc(1), pad, k, len, offset(grad_true, b),
+            loss, in.y_true + b, in.y_pred + b, expanded, Acc(1), pad, k, len, offset(grad_true, b),
             offset(grad_pred, b), nullptr);
       }
     });
@@ -322,7 +326,7 @@ void backward_tasks(const MaskedInputs<T, M>& in, GradCoefficients<acc_t<T>> k, 
     for (int64_t pos = first * kChunk, row = pos / inner; pos < end; ++row) {
       const int64_t seg_end = std::min(end, (row + 1) * inner);
       backward_span<Loss, T, M, false, kTrue, kPred, false>(
-          in.y_true + pos, in.y_pred + pos, nullptr, weight(row), pad, k, seg_end - pos,
+          loss, in.y_true + pos, in.y_pred + pos, nullptr, weight(row), pad, k, seg_end - pos,
           offset(grad_true, pos), offset(grad_pred, pos), nullptr);
       pos = seg_end;
     }
@@ -333,9 +337,10 @@ void backward_tasks(const MaskedInputs<T, M>& in, GradCoefficients<acc_t<T>> k, 
 
 // Forward: writes loss, sum, weight_sum (accumulator type) and the exact count.
 template <class Loss, class T, class M>
-Status forward(const MaskedInputs<T, M>& in, Reduction reduction, void* workspace,
-               size_t workspace_bytes, acc_t<T>* loss, acc_t<T>* sum, acc_t<T>* weight_sum,
-               int64_t* count, const ParallelFor& parallel_for = run_serially) {
+Status forward(const Loss& loss_fn, const MaskedInputs<T, M>& in, Reduction reduction,
+               void* workspace, size_t workspace_bytes, acc_t<T>* loss, acc_t<T>* sum,
+               acc_t<T>* weight_sum, int64_t* count,
+               const ParallelFor& parallel_for = run_serially) {
   using Acc = acc_t<T>;
   if (!in.valid_shape()) return Status::kBadShape;
   if (!in.aligned()) return Status::kMisaligned;
@@ -345,7 +350,8 @@ Status forward(const MaskedInputs<T, M>& in, Reduction reduction, void* workspac
   IeeeSubnormals ieee;
   with_ieee_subnormals(parallel_for)(chunks, kChunk, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
-      partials[c] = detail::forward_range<Loss>(in, c * kChunk, std::min(in.n, (c + 1) * kChunk));
+      partials[c] =
+          detail::forward_range(loss_fn, in, c * kChunk, std::min(in.n, (c + 1) * kChunk));
     }
   });
   Partial total;
@@ -360,12 +366,11 @@ Status forward(const MaskedInputs<T, M>& in, Reduction reduction, void* workspac
 // Backward: any of grad_true, grad_pred, grad_mask may be null (not wanted);
 // grad_mask must be null for boolean masks and has the mask's shape.
 template <class Loss, class T, class M>
-Status backward(const MaskedInputs<T, M>& in, Reduction reduction,
+Status backward(const Loss& loss, const MaskedInputs<T, M>& in, Reduction reduction,
                 const BackwardScalars<acc_t<T>>& scalars, T* grad_true, T* grad_pred, M* grad_mask,
                 const ParallelFor& parallel_for = run_serially) {
   if (!in.valid_shape()) return Status::kBadShape;
-  if (!in.aligned() || !is_aligned(grad_true) || !is_aligned(grad_pred) ||
-      !is_aligned(grad_mask)) {
+  if (!in.aligned() || !is_aligned(grad_true) || !is_aligned(grad_pred) || !is_aligned(grad_mask)) {
     return Status::kMisaligned;
   }
   IeeeSubnormals ieee;
@@ -379,7 +384,7 @@ Status backward(const MaskedInputs<T, M>& in, Reduction reduction,
 
   auto run = [&](auto kTrue, auto kPred, auto kMask) {
     if constexpr (!(kMask && std::is_same<M, bool>::value)) {
-      detail::backward_tasks<Loss, T, M, kTrue, kPred, kMask>(in, k, grad_true, grad_pred,
+      detail::backward_tasks<Loss, T, M, kTrue, kPred, kMask>(loss, in, k, grad_true, grad_pred,
                                                               grad_mask, guarded);
     }
   };

@@ -3,6 +3,7 @@
 // Python-facing API is documented in kModuleDoc below.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cmath>
@@ -15,9 +16,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "../kernels/loss_list.h"
 #include "../kernels/masked_loss.h"
 #include "../kernels/masked_loss_cpu.h"
-#include "../kernels/squared_error.h"
 
 #if defined(MASKED_OPS_WITH_CUDA)
 #include <cuda_runtime_api.h>
@@ -31,30 +32,37 @@ namespace masked_ops {
 namespace binding {
 namespace {
 
-constexpr const char* kModuleDoc = R"doc(Masked squared error kernels without TensorFlow.
+constexpr const char* kModuleDoc = R"doc(Masked-loss kernels without TensorFlow.
 
-Semantics are those of the TF op MaskedSquaredError: with w the mask weight of
-an element (bool masks weigh 0/1) and keep = (w != 0) and (y_true != padding_value),
-  sum = sum(keep ? w * (y_true - y_pred)^2 : 0), weight_sum = sum(keep ? w : 0),
+Every loss of the loss table (`losses` lists their names; `loss_name=` picks one,
+`params=` gives its scalar parameters, e.g. loss_name="huber", params=[delta]).
+Semantics are those of the TF ops MaskedOps>...: with w the mask weight of an
+element (bool masks weigh 0/1), keep = (w != 0) and (y_true != padding_value)
+and value the loss's element function,
+  sum = sum(keep ? w * value(y_true, y_pred) : 0), weight_sum = sum(keep ? w : 0),
   count = sum(keep), loss = sum / weight_sum (0 when weight_sum == 0) or sum.
 The mask has the inputs' shape or a leading prefix of it (a 0-d mask covers
 everything); None means no mask. padding_value None means no padding. Results
 accumulate in float32 for 16-bit and float32 inputs, float64 for float64, and
 are bitwise deterministic.
 
-Host (NumPy arrays: float16, ml_dtypes.bfloat16, float32, float64; masks bool or
-y_pred's dtype; C-contiguous), computed on several threads without the GIL:
-  forward(y_true, y_pred, mask=None, padding_value=None, reduction="mean")
+Host (NumPy arrays: float16, ml_dtypes.bfloat16, float32, float64; masks bool,
+y_pred's dtype or float32 for 16-bit y_pred; C-contiguous, element-aligned),
+computed on several threads without the GIL:
+  forward(y_true, y_pred, mask=None, padding_value=None, reduction="mean", *,
+          loss_name="squared_error", params=())
       -> (loss, sum, weight_sum, count): NumPy scalars of the accumulator dtype, int
   backward(grad_loss, grad_sum, grad_weight_sum, y_true, y_pred, mask, padding_value,
            loss, weight_sum, reduction="mean", want_y_true=False, want_y_pred=True,
-           want_mask=False)
+           want_mask=False, *, loss_name="squared_error", params=())
       -> (grad_y_true, grad_y_pred, grad_mask), None where not wanted
   set_num_threads(n), get_num_threads()
 
-CUDA (any object with __cuda_array_interface__, C-contiguous, on the current
-device; asynchronous, nothing is synchronized): the caller owns every buffer.
+CUDA (any object with __cuda_array_interface__, C-contiguous, aligned to its
+element size, on the current device; asynchronous, nothing is synchronized):
+the caller owns every buffer.
   forward_workspace_bytes(n), backward_workspace_bytes(n, mask_n, want_mask)
+      (they depend on their arguments only, not on the device)
   forward_cuda(y_true, y_pred, mask, padding_value, reduction, out, count, workspace)
       out: accumulator-dtype array of 3 elements <- (loss, sum, weight_sum);
       count: int64 array of 1 element; workspace: at least
@@ -65,11 +73,20 @@ device; asynchronous, nothing is synchronized): the caller owns every buffer.
       forward_out: forward_cuda's `out`; each gradient array that is passed is
       written (input or mask shape and dtype); workspace: at least
       backward_workspace_bytes(n, mask.size, grad_mask is not None) bytes.
-  Both take keyword arguments dtype= (name the element type of y_true, y_pred,
-  float masks and gradients: needed for bfloat16, which the protocol has no
-  typestr for, so 2-byte buffers are reinterpreted) and stream= (a cudaStream_t
-  as an int). Without stream=, the stream the arrays name is used (all must
-  agree); arrays that name none use the legacy default stream.
+  Both take the keyword arguments loss= and params= (as forward), dtype= (the
+  element type of y_true, y_pred, masks of that size and gradients: needed for
+  bfloat16, which the protocol has no typestr for, so 2-byte buffers are
+  reinterpreted; a '<f4' mask stays float32) and stream= (a cudaStream_t as an
+  int, or a torch.cuda.Stream / cupy.cuda.Stream). Without stream=, the stream
+  the arrays name is used (all that name one must agree); when none names one
+  (PyTorch tensors never do) stream= is required: the launch cannot be ordered
+  with the producer's stream otherwise.
+  Results are bitwise identical on every GPU model, SM count and MIG slice for
+  the same inputs at the same offsets from a 16-byte boundary.
+  cuda_runtime_version (the CUDA runtime the kernels were built with, 0 without
+  CUDA) and cuda_driver_version() (the installed driver's, 0 without one): the
+  driver must support the runtime's major version, else the calls raise with
+  the fix.
 with_cuda tells whether the CUDA functions were compiled in.)doc";
 
 enum class DType { kHalf, kBFloat16, kFloat, kDouble, kBool };
@@ -218,8 +235,9 @@ void dispatch(DType t, DType mask, F&& f) {
     if constexpr (!std::is_same<acc_t<T>, T>::value) {
       if (mask == DType::kFloat) return f(tag, Tag<acc_t<T>>{});
     }
-    throw py::type_error(std::string("mask must be bool, y_pred's dtype or its accumulator dtype (") +
-                         dtype_name(t) + "), got " + dtype_name(mask));
+    throw py::type_error(
+        std::string("mask must be bool, y_pred's dtype or its accumulator dtype (") +
+        dtype_name(t) + "), got " + dtype_name(mask));
   };
   switch (t) {
     case DType::kHalf:
@@ -234,6 +252,37 @@ void dispatch(DType t, DType mask, F&& f) {
       break;
   }
   throw py::type_error("y_pred must be float16, bfloat16, float32 or float64, got bool");
+}
+
+template <class Loss>
+Loss make_loss(const std::vector<double>& params) {
+  if (params.size() != size_t(Loss::kNumParams)) {
+    throw py::value_error("params must have " + std::to_string(Loss::kNumParams) +
+                          " values for this loss, got " + std::to_string(params.size()));
+  }
+  LossParams p;
+  p.size = Loss::kNumParams;
+  std::copy(params.begin(), params.end(), p.value);
+  if (const char* problem = Loss::invalid_params(p)) throw py::value_error(problem);
+  return Loss(p);
+}
+
+// Calls f(functor) for the loss named `name` in the loss table.
+template <class F>
+void dispatch_loss(const std::string& name, const std::vector<double>& params, F&& f) {
+#define MASKED_OPS_BINDING_LOSS(FUNCTOR, OP, NAME) \
+  if (name == NAME) return f(make_loss<FUNCTOR>(params));
+  MASKED_OPS_LOSS_LIST(MASKED_OPS_BINDING_LOSS)
+#undef MASKED_OPS_BINDING_LOSS
+  throw py::value_error("unknown loss '" + name + "'; see masked_ops._kernels.losses");
+}
+
+std::vector<std::string> loss_names() {
+  std::vector<std::string> names;
+#define MASKED_OPS_BINDING_LOSS_NAME(FUNCTOR, OP, NAME) names.emplace_back(NAME);
+  MASKED_OPS_LOSS_LIST(MASKED_OPS_BINDING_LOSS_NAME)
+#undef MASKED_OPS_BINDING_LOSS_NAME
+  return names;
 }
 
 void check_status(Status s, const char* what) {
@@ -267,7 +316,8 @@ struct HostArray {
       throw py::value_error(name + "'s buffer is not aligned to its " +
                             std::to_string(itemsize(dtype)) +
                             "-byte elements (e.g. numpy.frombuffer at an odd offset); pass "
-                            "numpy.array(" + name + ") for an aligned copy");
+                            "numpy.array(" +
+                            name + ") for an aligned copy");
     }
   }
 };
@@ -314,7 +364,9 @@ cpu::ParallelFor thread_parallel_for() {
       fn(0, tasks);
       return;
     }
-    auto range = [&](int64_t i, auto&& run) { run(tasks * i / threads, tasks * (i + 1) / threads); };
+    auto range = [&](int64_t i, auto&& run) {
+      run(tasks * i / threads, tasks * (i + 1) / threads);
+    };
     std::vector<std::thread> pool;
     pool.reserve(size_t(threads - 1));
     int64_t started = 1;
@@ -397,27 +449,30 @@ py::object acc_scalar(Acc v) {
 }
 
 py::tuple forward(const py::object& y_true, const py::object& y_pred, const py::object& mask,
-                  const py::object& padding_value, const std::string& reduction) {
+                  const py::object& padding_value, const std::string& reduction,
+                  const std::string& loss_name, const std::vector<double>& params) {
   const HostInputs h = host_inputs(y_true, y_pred, mask, padding_value, reduction);
   py::tuple result;
-  dispatch(h.y_pred.dtype, h.mask ? h.mask->dtype : DType::kBool, [&](auto t, auto m) {
-    using T = typename decltype(t)::type;
-    using M = typename decltype(m)::type;
-    using Acc = acc_t<T>;
-    const auto in = kernel_inputs<T, M>(h);
-    std::vector<cpu::Partial> workspace(size_t(cpu::num_chunks(in.n)));
-    Acc loss = 0, sum = 0, weight_sum = 0;
-    int64_t count = 0;
-    Status s;
-    {
-      py::gil_scoped_release release;
-      s = cpu::forward<SquaredError>(in, h.reduction, workspace.data(),
-                                     workspace.size() * sizeof(cpu::Partial), &loss, &sum,
-                                     &weight_sum, &count, thread_parallel_for());
-    }
-    check_status(s, "forward");
-    result =
-        py::make_tuple(acc_scalar(loss), acc_scalar(sum), acc_scalar(weight_sum), py::int_(count));
+  dispatch_loss(loss_name, params, [&](auto loss_fn) {
+    dispatch(h.y_pred.dtype, h.mask ? h.mask->dtype : DType::kBool, [&](auto t, auto m) {
+      using T = typename decltype(t)::type;
+      using M = typename decltype(m)::type;
+      using Acc = acc_t<T>;
+      const auto in = kernel_inputs<T, M>(h);
+      std::vector<cpu::Partial> workspace(size_t(cpu::num_chunks(in.n)));
+      Acc loss = 0, sum = 0, weight_sum = 0;
+      int64_t count = 0;
+      Status s;
+      {
+        py::gil_scoped_release release;
+        s = cpu::forward(loss_fn, in, h.reduction, workspace.data(),
+                         workspace.size() * sizeof(cpu::Partial), &loss, &sum, &weight_sum, &count,
+                         thread_parallel_for());
+      }
+      check_status(s, "forward");
+      result = py::make_tuple(acc_scalar(loss), acc_scalar(sum), acc_scalar(weight_sum),
+                              py::int_(count));
+    });
   });
   return result;
 }
@@ -425,8 +480,8 @@ py::tuple forward(const py::object& y_true, const py::object& y_pred, const py::
 py::tuple backward(double grad_loss, double grad_sum, double grad_weight_sum,
                    const py::object& y_true, const py::object& y_pred, const py::object& mask,
                    const py::object& padding_value, double loss, double weight_sum,
-                   const std::string& reduction, bool want_y_true, bool want_y_pred,
-                   bool want_mask) {
+                   const std::string& reduction, bool want_y_true, bool want_y_pred, bool want_mask,
+                   const std::string& loss_name, const std::vector<double>& params) {
   const HostInputs h = host_inputs(y_true, y_pred, mask, padding_value, reduction);
   if (want_mask && !h.mask) throw py::value_error("want_mask=True needs a mask, got None");
   if (want_mask && h.mask->dtype == DType::kBool) {
@@ -434,36 +489,38 @@ py::tuple backward(double grad_loss, double grad_sum, double grad_weight_sum,
         "want_mask=True needs a floating-point mask; a boolean mask has no gradient");
   }
   py::object grads[3] = {py::none(), py::none(), py::none()};
-  dispatch(h.y_pred.dtype, h.mask ? h.mask->dtype : DType::kBool, [&](auto t, auto m) {
-    using T = typename decltype(t)::type;
-    using M = typename decltype(m)::type;
-    using Acc = acc_t<T>;
-    const auto in = kernel_inputs<T, M>(h);
-    auto alloc = [](const HostArray& like, bool wanted, py::object& slot) -> void* {
-      if (!wanted) return nullptr;
-      py::array a(like.array.dtype(),
-                  std::vector<py::ssize_t>(like.shape.begin(), like.shape.end()));
-      slot = a;
-      return a.mutable_data();
-    };
-    T* grad_true = static_cast<T*>(alloc(h.y_true, want_y_true, grads[0]));
-    T* grad_pred = static_cast<T*>(alloc(h.y_pred, want_y_pred, grads[1]));
-    M* grad_mask = want_mask ? static_cast<M*>(alloc(*h.mask, true, grads[2])) : nullptr;
-    const Acc scalars[5] = {Acc(grad_loss), Acc(grad_sum), Acc(grad_weight_sum), Acc(loss),
-                            Acc(weight_sum)};
-    BackwardScalars<Acc> bs;
-    bs.grad_loss = &scalars[0];
-    bs.grad_sum = &scalars[1];
-    bs.grad_weight_sum = &scalars[2];
-    bs.loss = &scalars[3];
-    bs.weight_sum = &scalars[4];
-    Status s;
-    {
-      py::gil_scoped_release release;
-      s = cpu::backward<SquaredError>(in, h.reduction, bs, grad_true, grad_pred, grad_mask,
-                                      thread_parallel_for());
-    }
-    check_status(s, "backward");
+  dispatch_loss(loss_name, params, [&](auto loss_fn) {
+    dispatch(h.y_pred.dtype, h.mask ? h.mask->dtype : DType::kBool, [&](auto t, auto m) {
+      using T = typename decltype(t)::type;
+      using M = typename decltype(m)::type;
+      using Acc = acc_t<T>;
+      const auto in = kernel_inputs<T, M>(h);
+      auto alloc = [](const HostArray& like, bool wanted, py::object& slot) -> void* {
+        if (!wanted) return nullptr;
+        py::array a(like.array.dtype(),
+                    std::vector<py::ssize_t>(like.shape.begin(), like.shape.end()));
+        slot = a;
+        return a.mutable_data();
+      };
+      T* grad_true = static_cast<T*>(alloc(h.y_true, want_y_true, grads[0]));
+      T* grad_pred = static_cast<T*>(alloc(h.y_pred, want_y_pred, grads[1]));
+      M* grad_mask = want_mask ? static_cast<M*>(alloc(*h.mask, true, grads[2])) : nullptr;
+      const Acc scalars[5] = {Acc(grad_loss), Acc(grad_sum), Acc(grad_weight_sum), Acc(loss),
+                              Acc(weight_sum)};
+      BackwardScalars<Acc> bs;
+      bs.grad_loss = &scalars[0];
+      bs.grad_sum = &scalars[1];
+      bs.grad_weight_sum = &scalars[2];
+      bs.loss = &scalars[3];
+      bs.weight_sum = &scalars[4];
+      Status s;
+      {
+        py::gil_scoped_release release;
+        s = cpu::backward(loss_fn, in, h.reduction, bs, grad_true, grad_pred, grad_mask,
+                          thread_parallel_for());
+      }
+      check_status(s, "backward");
+    });
   });
   return py::make_tuple(grads[0], grads[1], grads[2]);
 }
@@ -478,12 +535,24 @@ struct DeviceArray {
   std::vector<int64_t> shape;
   std::string typestr;
   std::optional<intptr_t> stream;
-  std::string not_contiguous;  // the error, raised after the shape checks
+  // Layout errors, raised after the shape and dtype checks.
+  std::string not_contiguous;
+  std::string misaligned;
   int64_t size() const { return num_elements(shape); }
-  void check_contiguous() const {
+  void check_layout() const {
     if (!not_contiguous.empty()) throw py::value_error(not_contiguous);
+    if (!misaligned.empty()) throw py::value_error(misaligned);
   }
 };
+
+size_t typestr_itemsize(const std::string& typestr) {
+  if (typestr.size() < 3) return 0;
+  try {
+    return size_t(std::stoul(typestr.substr(2)));
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
 
 DeviceArray device_array(const py::object& obj, const char* name) {
   if (!is_cuda_array(obj)) {
@@ -525,6 +594,15 @@ DeviceArray device_array(const py::object& obj, const char* name) {
     throw py::value_error(std::string(name) + " has a null data pointer but " +
                           std::to_string(a.size()) + " elements");
   }
+  // A misaligned load faults on the device and takes the CUDA context (and
+  // every later call in the process) down with it.
+  const size_t item = typestr_itemsize(a.typestr);
+  if (item > 1 && a.ptr % item != 0) {
+    a.misaligned = std::string(name) + "'s device buffer is not aligned to its " +
+                   std::to_string(item) + "-byte element size (address % " +
+                   std::to_string(item) + " = " + std::to_string(a.ptr % item) +
+                   "); pass an aligned copy";
+  }
   if (cai.contains("mask") && !cai["mask"].is_none()) {
     throw py::value_error(std::string(name) +
                           " is a masked array (its __cuda_array_interface__ has a 'mask'); pass "
@@ -538,7 +616,6 @@ DeviceArray device_array(const py::object& obj, const char* name) {
     }
     // C-contiguous: each stride is the byte size of the trailing dimensions;
     // extents of 1 (and empty arrays) make any stride fine.
-    const size_t item = a.typestr.size() >= 3 ? size_t(std::stoul(a.typestr.substr(2))) : 0;
     int64_t expected = int64_t(item);
     bool contiguous = true;
     for (size_t i = a.shape.size(); i-- > 0;) {
@@ -567,8 +644,9 @@ DeviceArray device_array(const py::object& obj, const char* name) {
 
 // Element type of a device array from its typestr. With `as` (the dtype=
 // argument), 2-, 4- or 8-byte buffers are reinterpreted as that type: the
-// protocol has no typestr for bfloat16.
-DType device_dtype(const DeviceArray& a, std::optional<DType> as) {
+// protocol has no typestr for bfloat16. Masks (is_mask) of another size keep
+// their float typestr: float32 weights for 16-bit inputs.
+DType device_dtype(const DeviceArray& a, std::optional<DType> as, bool is_mask = false) {
   const std::string& ts = a.typestr;
   const bool well_formed = ts.size() >= 3 && (ts[0] == '<' || ts[0] == '|' || ts[0] == '=');
   if (!well_formed) {
@@ -583,7 +661,7 @@ DType device_dtype(const DeviceArray& a, std::optional<DType> as) {
       (kind == 'f' || kind == 'i' || kind == 'u' || kind == 'V')) {
     return *as;
   }
-  if (!as && kind == 'f') {
+  if ((!as || is_mask) && kind == 'f') {
     if (size == "2") return DType::kHalf;
     if (size == "4") return DType::kFloat;
     if (size == "8") return DType::kDouble;
@@ -605,7 +683,7 @@ void check_output(const DeviceArray& a, const char* typestr, int64_t size, const
     throw py::value_error(a.name + " must have " + std::to_string(size) + " elements (" + what +
                           "), got shape " + shape_str(a.shape));
   }
-  a.check_contiguous();
+  a.check_layout();
 }
 
 struct DeviceInputs {
@@ -647,13 +725,13 @@ DeviceInputs device_inputs(const py::object& y_true, const py::object& y_pred,
   check_same_dtype("y_true", device_dtype(in.y_true, as), in.dtype);
   if (!mask.is_none()) {
     in.mask = device_array(mask, "mask");
-    in.mask_dtype = device_dtype(*in.mask, as);
+    in.mask_dtype = device_dtype(*in.mask, as, true);
     check_mask_dtype(in.mask_dtype, in.dtype);
   }
   check_shapes(in.y_true.shape, in.y_pred.shape, in.mask ? &in.mask->shape : nullptr);
-  in.y_true.check_contiguous();
-  in.y_pred.check_contiguous();
-  if (in.mask) in.mask->check_contiguous();
+  in.y_true.check_layout();
+  in.y_pred.check_layout();
+  if (in.mask) in.mask->check_layout();
   return in;
 }
 
@@ -671,9 +749,29 @@ MaskedInputs<T, M> kernel_inputs(const DeviceInputs& d) {
   return in;
 }
 
-// One stream for the whole call: stream= if given, else the one the arrays name.
-intptr_t choose_stream(const py::object& stream, const std::vector<const DeviceArray*>& arrays) {
-  if (!stream.is_none()) return stream.cast<intptr_t>();
+// stream=: a cudaStream_t as an int, or a stream object (PyTorch's
+// torch.cuda.Stream has .cuda_stream, CuPy's cupy.cuda.Stream .ptr).
+intptr_t parse_stream(const py::object& stream) {
+  py::object handle = stream;
+  if (py::hasattr(stream, "cuda_stream")) {
+    handle = stream.attr("cuda_stream");
+  } else if (py::hasattr(stream, "ptr")) {
+    handle = stream.attr("ptr");
+  }
+  if (!py::isinstance<py::int_>(handle) || py::isinstance<py::bool_>(handle)) {
+    throw py::type_error(
+        "stream must be a cudaStream_t handle as an int, a torch.cuda.Stream or a "
+        "cupy.cuda.Stream; got " +
+        std::string(py::str(py::type::handle_of(stream).attr("__name__"))));
+  }
+  return handle.cast<intptr_t>();
+}
+
+// One stream for the whole call: stream= if given, else the one the arrays
+// name (all that name one must agree); none when neither says.
+std::optional<intptr_t> choose_stream(const py::object& stream,
+                                      const std::vector<const DeviceArray*>& arrays) {
+  if (!stream.is_none()) return parse_stream(stream);
   std::optional<intptr_t> chosen;
   const DeviceArray* by = nullptr;
   for (const DeviceArray* a : arrays) {
@@ -686,13 +784,33 @@ intptr_t choose_stream(const py::object& stream, const std::vector<const DeviceA
     chosen = a->stream;
     by = a;
   }
-  // The protocol's default when no stream is named: the legacy default stream.
-  return chosen.value_or(intptr_t(1));
+  return chosen;
 }
 
 const char* acc_typestr(DType t) { return t == DType::kDouble ? "<f8" : "<f4"; }
 
 #if defined(MASKED_OPS_WITH_CUDA)
+
+// Arrays that name no stream (PyTorch's never do) give no order to launch in:
+// the legacy default stream would race with work on other streams.
+cudaStream_t require_stream(const std::optional<intptr_t>& stream, const char* what) {
+  if (!stream) {
+    throw py::value_error(
+        std::string(what) +
+        ": no stream to launch on: none of the arrays names one in its "
+        "__cuda_array_interface__; pass stream= (e.g. "
+        "stream=torch.cuda.current_stream(), or stream=1 for the legacy default stream)");
+  }
+  return reinterpret_cast<cudaStream_t>(*stream);
+}
+
+// The kernels' static CUDA runtime needs a driver that supports its major
+// version; say so (and how to rebuild) before any CUDA call fails vaguely.
+void check_driver() {
+  static const std::string problem =
+      cuda::driver_problem(cuda::driver_version(), cuda::runtime_version());
+  if (!problem.empty()) throw std::runtime_error("masked_ops: " + problem);
+}
 
 void check_cuda(cudaError_t e, const std::string& what) {
   if (e != cudaSuccess) {
@@ -730,7 +848,7 @@ size_t device_bytes(const DeviceArray& a) {
 }
 
 void check_workspace(const std::optional<DeviceArray>& ws, size_t need, const char* query) {
-  if (ws) ws->check_contiguous();
+  if (ws) ws->check_layout();
   if (ws && ws->ptr % 8 != 0) throw py::value_error("workspace must be 8-byte aligned");
   const size_t have = ws ? device_bytes(*ws) : 0;
   if (have < need) {
@@ -778,7 +896,8 @@ std::optional<DeviceArray> optional_array(const py::object& obj, const char* nam
 void forward_cuda(const py::object& y_true, const py::object& y_pred, const py::object& mask,
                   const py::object& padding_value, const std::string& reduction,
                   const py::object& out_obj, const py::object& count_obj,
-                  const py::object& workspace_obj, const py::object& dtype,
+                  const py::object& workspace_obj, const std::string& loss_name,
+                  const std::vector<double>& params, const py::object& dtype,
                   const py::object& stream_obj) {
   const DeviceInputs d = device_inputs(y_true, y_pred, mask, padding_value, reduction, dtype);
   const DeviceArray out = device_array(out_obj, "out");
@@ -789,27 +908,33 @@ void forward_cuda(const py::object& y_true, const py::object& y_pred, const py::
   const std::vector<const DeviceArray*> all = {
       &d.y_true, &d.y_pred, d.mask ? &*d.mask : nullptr,
       &out,      &count,    workspace ? &*workspace : nullptr};
-  const intptr_t stream = choose_stream(stream_obj, all);
+  const std::optional<intptr_t> named = choose_stream(stream_obj, all);
 #if defined(MASKED_OPS_WITH_CUDA)
-  check_on_current_device(all);
+  const cudaStream_t stream = require_stream(named, "forward_cuda");
   const int64_t n = d.y_pred.size();
   check_workspace(workspace, cuda::forward_workspace_bytes(n), "forward_workspace_bytes(n)");
   Status s;
-  dispatch(d.dtype, d.mask_dtype, [&](auto t, auto m) {
-    using T = typename decltype(t)::type;
-    using M = typename decltype(m)::type;
-    using Acc = acc_t<T>;
-    const auto in = kernel_inputs<T, M>(d);
-    Acc* o = reinterpret_cast<Acc*>(out.ptr);
-    py::gil_scoped_release release;
-    s = cuda::forward<SquaredError>(
-        in, d.reduction, reinterpret_cast<void*>(workspace ? workspace->ptr : 0),
-        workspace ? device_bytes(*workspace) : 0, o, o + 1, o + 2,
-        reinterpret_cast<int64_t*>(count.ptr), reinterpret_cast<cudaStream_t>(stream));
+  dispatch_loss(loss_name, params, [&](auto loss_fn) {
+    dispatch(d.dtype, d.mask_dtype, [&](auto t, auto m) {
+      using T = typename decltype(t)::type;
+      using M = typename decltype(m)::type;
+      using Acc = acc_t<T>;
+      const auto in = kernel_inputs<T, M>(d);
+      Acc* o = reinterpret_cast<Acc*>(out.ptr);
+      check_driver();
+      check_on_current_device(all);
+      py::gil_scoped_release release;
+      s = cuda::forward(loss_fn, in, d.reduction,
+                        reinterpret_cast<void*>(workspace ? workspace->ptr : 0),
+                        workspace ? device_bytes(*workspace) : 0, o, o + 1, o + 2,
+                        reinterpret_cast<int64_t*>(count.ptr), stream);
+    });
   });
   check_cuda_status(s, "forward_cuda");
 #else
-  (void)stream;
+  (void)named;
+  (void)loss_name;
+  (void)params;
   no_cuda();
 #endif
 }
@@ -819,6 +944,7 @@ void backward_cuda(const py::object& upstream_obj, const py::object& forward_out
                    const py::object& padding_value, const std::string& reduction,
                    const py::object& grad_true_obj, const py::object& grad_pred_obj,
                    const py::object& grad_mask_obj, const py::object& workspace_obj,
+                   const std::string& loss_name, const std::vector<double>& params,
                    const py::object& dtype, const py::object& stream_obj) {
   const DeviceInputs d = device_inputs(y_true, y_pred, mask, padding_value, reduction, dtype);
   const DeviceArray upstream = device_array(upstream_obj, "upstream");
@@ -836,7 +962,7 @@ void backward_cuda(const py::object& upstream_obj, const py::object& forward_out
       throw py::value_error((*g)->name + " must have the inputs' shape " +
                             shape_str(d.y_pred.shape) + ", got " + shape_str((*g)->shape));
     }
-    (*g)->check_contiguous();
+    (*g)->check_layout();
   }
   if (grad_mask) {
     if (!d.mask) throw py::value_error("grad_mask was given but mask is None");
@@ -844,12 +970,16 @@ void backward_cuda(const py::object& upstream_obj, const py::object& forward_out
       throw py::value_error(
           "grad_mask needs a floating-point mask; a boolean mask has no gradient");
     }
-    check_same_dtype("grad_mask", device_dtype(*grad_mask, d.as), d.dtype);
+    const DType grad_mask_dtype = device_dtype(*grad_mask, d.as, true);
+    if (grad_mask_dtype != d.mask_dtype) {
+      throw py::type_error(std::string("grad_mask has dtype ") + dtype_name(grad_mask_dtype) +
+                           " but mask has " + dtype_name(d.mask_dtype) + "; they must match");
+    }
     if (grad_mask->shape != d.mask->shape) {
       throw py::value_error("grad_mask must have the mask's shape " + shape_str(d.mask->shape) +
                             ", got " + shape_str(grad_mask->shape));
     }
-    grad_mask->check_contiguous();
+    grad_mask->check_layout();
   }
   const auto workspace = optional_array(workspace_obj, "workspace");
   const std::vector<const DeviceArray*> all = {&d.y_true,
@@ -861,38 +991,43 @@ void backward_cuda(const py::object& upstream_obj, const py::object& forward_out
                                                grad_pred ? &*grad_pred : nullptr,
                                                grad_mask ? &*grad_mask : nullptr,
                                                workspace ? &*workspace : nullptr};
-  const intptr_t stream = choose_stream(stream_obj, all);
+  const std::optional<intptr_t> named = choose_stream(stream_obj, all);
 #if defined(MASKED_OPS_WITH_CUDA)
-  check_on_current_device(all);
+  const cudaStream_t stream = require_stream(named, "backward_cuda");
   const int64_t n = d.y_pred.size();
   const int64_t mask_n = d.mask ? d.mask->size() : 1;
   check_workspace(workspace, cuda::backward_workspace_bytes(n, mask_n, grad_mask.has_value()),
                   "backward_workspace_bytes(n, mask_n, want_mask)");
   Status s;
-  dispatch(d.dtype, d.mask_dtype, [&](auto t, auto m) {
-    using T = typename decltype(t)::type;
-    using M = typename decltype(m)::type;
-    using Acc = acc_t<T>;
-    const auto in = kernel_inputs<T, M>(d);
-    const Acc* up = reinterpret_cast<const Acc*>(upstream.ptr);
-    const Acc* fw = reinterpret_cast<const Acc*>(forward_out.ptr);
-    BackwardScalars<Acc> bs;
-    bs.grad_loss = up;
-    bs.grad_sum = up + 1;
-    bs.grad_weight_sum = up + 2;
-    bs.loss = fw;
-    bs.weight_sum = fw + 2;
-    auto ptr = [](const std::optional<DeviceArray>& a) { return a ? a->ptr : uintptr_t(0); };
-    py::gil_scoped_release release;
-    s = cuda::backward<SquaredError>(
-        in, d.reduction, bs, reinterpret_cast<T*>(ptr(grad_true)),
-        reinterpret_cast<T*>(ptr(grad_pred)), reinterpret_cast<M*>(ptr(grad_mask)),
-        reinterpret_cast<void*>(ptr(workspace)), workspace ? device_bytes(*workspace) : 0,
-        reinterpret_cast<cudaStream_t>(stream));
+  dispatch_loss(loss_name, params, [&](auto loss_fn) {
+    dispatch(d.dtype, d.mask_dtype, [&](auto t, auto m) {
+      using T = typename decltype(t)::type;
+      using M = typename decltype(m)::type;
+      using Acc = acc_t<T>;
+      const auto in = kernel_inputs<T, M>(d);
+      const Acc* up = reinterpret_cast<const Acc*>(upstream.ptr);
+      const Acc* fw = reinterpret_cast<const Acc*>(forward_out.ptr);
+      BackwardScalars<Acc> bs;
+      bs.grad_loss = up;
+      bs.grad_sum = up + 1;
+      bs.grad_weight_sum = up + 2;
+      bs.loss = fw;
+      bs.weight_sum = fw + 2;
+      auto ptr = [](const std::optional<DeviceArray>& a) { return a ? a->ptr : uintptr_t(0); };
+      check_driver();
+      check_on_current_device(all);
+      py::gil_scoped_release release;
+      s = cuda::backward(loss_fn, in, d.reduction, bs, reinterpret_cast<T*>(ptr(grad_true)),
+                         reinterpret_cast<T*>(ptr(grad_pred)), reinterpret_cast<M*>(ptr(grad_mask)),
+                         reinterpret_cast<void*>(ptr(workspace)),
+                         workspace ? device_bytes(*workspace) : 0, stream);
+    });
   });
   check_cuda_status(s, "backward_cuda");
 #else
-  (void)stream;
+  (void)named;
+  (void)loss_name;
+  (void)params;
   no_cuda();
 #endif
 }
@@ -910,13 +1045,16 @@ PYBIND11_MODULE(_kernels, m) {
 #else
   m.attr("with_cuda") = false;
 #endif
+  m.attr("losses") = b::loss_names();
   m.def("forward", &b::forward, arg("y_true"), arg("y_pred"), arg("mask") = py::none(),
-        arg("padding_value") = py::none(), arg("reduction") = "mean",
-        "(loss, sum, weight_sum, count) of the masked squared error on host arrays.");
+        arg("padding_value") = py::none(), arg("reduction") = "mean", py::kw_only(),
+        arg("loss_name") = "squared_error", arg("params") = std::vector<double>(),
+        "(loss, sum, weight_sum, count) of a masked loss on host arrays.");
   m.def("backward", &b::backward, arg("grad_loss"), arg("grad_sum"), arg("grad_weight_sum"),
         arg("y_true"), arg("y_pred"), arg("mask"), arg("padding_value"), arg("loss"),
         arg("weight_sum"), arg("reduction") = "mean", arg("want_y_true") = false,
-        arg("want_y_pred") = true, arg("want_mask") = false,
+        arg("want_y_pred") = true, arg("want_mask") = false, py::kw_only(),
+        arg("loss_name") = "squared_error", arg("params") = std::vector<double>(),
         "(grad_y_true, grad_y_pred, grad_mask) on host arrays; None where not wanted.");
   m.def(
       "set_num_threads",
@@ -927,17 +1065,27 @@ PYBIND11_MODULE(_kernels, m) {
       arg("n"), "Most threads a host call uses (results do not depend on it).");
   m.def("get_num_threads", [] { return b::g_num_threads; });
   m.def("forward_workspace_bytes", &b::forward_workspace_bytes, arg("n"),
-        "Workspace bytes forward_cuda needs for n elements on the current device.");
+        "Workspace bytes forward_cuda needs for n elements (on any device).");
   m.def("backward_workspace_bytes", &b::backward_workspace_bytes, arg("n"), arg("mask_n"),
         arg("want_mask"), "Workspace bytes backward_cuda needs.");
   m.def("forward_cuda", &b::forward_cuda, arg("y_true"), arg("y_pred"), arg("mask"),
         arg("padding_value"), arg("reduction"), arg("out"), arg("count"),
-        arg("workspace") = py::none(), py::kw_only(), arg("dtype") = py::none(),
+        arg("workspace") = py::none(), py::kw_only(), arg("loss") = "squared_error",
+        arg("params") = std::vector<double>(), arg("dtype") = py::none(),
         arg("stream") = py::none(), "Asynchronous forward on device arrays; see the module doc.");
   m.def("backward_cuda", &b::backward_cuda, arg("upstream"), arg("forward_out"), arg("y_true"),
         arg("y_pred"), arg("mask"), arg("padding_value"), arg("reduction"),
         arg("grad_y_true") = py::none(), arg("grad_y_pred") = py::none(),
         arg("grad_mask") = py::none(), arg("workspace") = py::none(), py::kw_only(),
+        arg("loss_name") = "squared_error", arg("params") = std::vector<double>(),
         arg("dtype") = py::none(), arg("stream") = py::none(),
         "Asynchronous backward on device arrays; see the module doc.");
+#if defined(MASKED_OPS_WITH_CUDA)
+  m.attr("cuda_runtime_version") = masked_ops::cuda::runtime_version();
+  m.def("cuda_driver_version", &masked_ops::cuda::driver_version,
+        "cuDriverGetVersion of the installed driver (0 without one).");
+#else
+  m.attr("cuda_runtime_version") = 0;
+  m.def("cuda_driver_version", [] { return 0; }, "0: built without CUDA.");
+#endif
 }

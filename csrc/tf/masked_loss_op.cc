@@ -18,6 +18,8 @@ namespace {
 // y_true and y_pred share a shape; the mask's shape is a leading prefix of it.
 absl::Status MergeInputShapes(InferenceContext* c, int y_true, int y_pred, int mask, int padding,
                               ShapeHandle* inputs) {
+  ShapeHandle params;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(padding + 1), 1, &params));
   if (!c->Merge(c->input(y_true), c->input(y_pred), inputs).ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "y_true and y_pred must have the same shape, got y_true ", c->DebugString(c->input(y_true)),
@@ -91,10 +93,11 @@ absl::Status ValidateInputs(const tf::Tensor& y_true, const tf::Tensor& y_pred,
     const size_t size = tf::DataTypeSize(t->dtype());
     const auto address = reinterpret_cast<uintptr_t>(t->tensor_data().data());
     if (size > 1 && address % size != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          name, "'s buffer is not aligned to its ", size, "-byte elements (address % ", size,
-          " = ", address % size, "), as tensors imported from foreign memory (DLPack) can be; "
-          "make an aligned copy first"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, "'s buffer is not aligned to its ", size, "-byte elements (address % ",
+                       size, " = ", address % size,
+                       "), as tensors imported from foreign memory (DLPack) can be; "
+                       "make an aligned copy first"));
     }
   }
   return absl::OkStatus();

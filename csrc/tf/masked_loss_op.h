@@ -95,6 +95,22 @@ absl::Status MakeInputs(const tf::Tensor& y_true, const tf::Tensor& y_pred, cons
   return PaddingValue<T>(padding_value, has_padding_value, &in->padding_value);
 }
 
+// The loss functor with its parameters from the op's `params` input.
+template <class Loss>
+absl::Status MakeLoss(const tf::Tensor& params, Loss* loss) {
+  if (params.dims() != 1 || params.NumElements() != Loss::kNumParams) {
+    return absl::InvalidArgumentError(absl::StrCat("params must be a vector of ", Loss::kNumParams,
+                                                   " values for this loss, got shape ",
+                                                   params.shape().DebugString()));
+  }
+  LossParams p;
+  p.size = Loss::kNumParams;
+  for (int i = 0; i < Loss::kNumParams; ++i) p.value[i] = InputData<double>(params)[i];
+  if (const char* problem = Loss::invalid_params(p)) return absl::InvalidArgumentError(problem);
+  *loss = Loss(p);
+  return absl::OkStatus();
+}
+
 template <typename T, typename P>
 P* DataOrNull(tf::Tensor* t, bool wanted) {
   return wanted ? reinterpret_cast<P*>(t->flat<T>().data()) : nullptr;
@@ -125,6 +141,8 @@ class MaskedLossOp : public tf::OpKernel {
     const tf::Tensor& mask = ctx->input(2);
     const tf::Tensor& padding_value = ctx->input(3);
     OP_REQUIRES_OK(ctx, ValidateInputs(y_true, y_pred, mask, padding_value));
+    Loss loss;
+    OP_REQUIRES_OK(ctx, MakeLoss(ctx->input(4), &loss));
     tf::Tensor* out[3];
     for (int i = 0; i < 3; ++i) {
       OP_REQUIRES_OK(ctx, ctx->allocate_output(i, tf::TensorShape({}), &out[i]));
@@ -132,12 +150,12 @@ class MaskedLossOp : public tf::OpKernel {
     tf::Tensor* count = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, tf::TensorShape({}), &count));
     MaskedInputs<kernel_t<T>, kernel_t<M>> in;
-    OP_REQUIRES_OK(ctx, (MakeInputs<T, M>(y_true, y_pred, mask, padding_value,
-                                          has_padding_value_, &in)));
-    OP_REQUIRES_OK(ctx,
-                   (Launch<Device, Loss, T, M>::Forward(
-                       ctx, in, reduction_, out[0]->flat<Acc>().data(), out[1]->flat<Acc>().data(),
-                       out[2]->flat<Acc>().data(), count->flat<int64_t>().data())));
+    OP_REQUIRES_OK(
+        ctx, (MakeInputs<T, M>(y_true, y_pred, mask, padding_value, has_padding_value_, &in)));
+    OP_REQUIRES_OK(
+        ctx, (Launch<Device, Loss, T, M>::Forward(
+                 ctx, loss, in, reduction_, out[0]->flat<Acc>().data(), out[1]->flat<Acc>().data(),
+                 out[2]->flat<Acc>().data(), count->flat<int64_t>().data())));
   }
 
  private:
@@ -178,7 +196,9 @@ class MaskedLossGradOp : public tf::OpKernel {
     const tf::Tensor& mask = ctx->input(5);
     const tf::Tensor& padding_value = ctx->input(6);
     OP_REQUIRES_OK(ctx, ValidateInputs(y_true, y_pred, mask, padding_value));
-    for (int i = 7; i < 9; ++i) {
+    Loss loss;
+    OP_REQUIRES_OK(ctx, MakeLoss(ctx->input(7), &loss));
+    for (int i = 8; i < 10; ++i) {
       OP_REQUIRES(
           ctx, tf::TensorShapeUtils::IsScalar(ctx->input(i).shape()),
           absl::InvalidArgumentError(absl::StrCat("forward output ", i, " must be a scalar, got ",
@@ -194,16 +214,16 @@ class MaskedLossGradOp : public tf::OpKernel {
     scalars.grad_loss = InputData<Acc>(ctx->input(0));
     scalars.grad_sum = InputData<Acc>(ctx->input(1));
     scalars.grad_weight_sum = InputData<Acc>(ctx->input(2));
-    scalars.loss = InputData<Acc>(ctx->input(7));
-    scalars.weight_sum = InputData<Acc>(ctx->input(8));
+    scalars.loss = InputData<Acc>(ctx->input(8));
+    scalars.weight_sum = InputData<Acc>(ctx->input(9));
     MaskedInputs<kernel_t<T>, kernel_t<M>> in;
-    OP_REQUIRES_OK(ctx, (MakeInputs<T, M>(y_true, y_pred, mask, padding_value,
-                                          has_padding_value_, &in)));
     OP_REQUIRES_OK(
-        ctx, (Launch<Device, Loss, T, M>::Backward(
-                 ctx, in, reduction_, scalars, DataOrNull<T, kernel_t<T>>(grad_true, want_true_),
-                 DataOrNull<T, kernel_t<T>>(grad_pred, want_pred_),
-                 DataOrNull<M, kernel_t<M>>(grad_mask, want_mask_))));
+        ctx, (MakeInputs<T, M>(y_true, y_pred, mask, padding_value, has_padding_value_, &in)));
+    OP_REQUIRES_OK(ctx, (Launch<Device, Loss, T, M>::Backward(
+                            ctx, loss, in, reduction_, scalars,
+                            DataOrNull<T, kernel_t<T>>(grad_true, want_true_),
+                            DataOrNull<T, kernel_t<T>>(grad_pred, want_pred_),
+                            DataOrNull<M, kernel_t<M>>(grad_mask, want_mask_))));
   }
 
  private:
@@ -226,6 +246,7 @@ class MaskedLossGradOp : public tf::OpKernel {
       .Input("y_pred: T")                                  \
       .Input("mask: M")                                    \
       .Input("padding_value: double")                      \
+      .Input("params: double")                             \
       .Output("loss: Tout")                                \
       .Output("sum: Tout")                                 \
       .Output("weight_sum: Tout")                          \
@@ -244,6 +265,7 @@ class MaskedLossGradOp : public tf::OpKernel {
       .Input("y_pred: T")                                  \
       .Input("mask: M")                                    \
       .Input("padding_value: double")                      \
+      .Input("params: double")                             \
       .Input("loss: Tout")                                 \
       .Input("weight_sum: Tout")                           \
       .Output("grad_y_true: T")                            \
@@ -263,16 +285,20 @@ class MaskedLossGradOp : public tf::OpKernel {
 // take masks of dtype bool, T, or T's accumulator dtype (float32 weights with
 // 16-bit inputs: weights are read at least in float32); the Python wrapper
 // converts other mask dtypes.
-#define MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, T, M)      \
-  REGISTER_KERNEL_BUILDER(                                                                \
-      Name(NAME).Device(DEVICE).TypeConstraint<T>("T").TypeConstraint<M>("M").HostMemory( \
-          "padding_value"),                                                               \
-      ::masked_ops::tf_adapter::MaskedLossOp<DEV_TAG, LOSS, T, M>);                       \
-  REGISTER_KERNEL_BUILDER(Name(NAME "Grad")                                               \
-                              .Device(DEVICE)                                             \
-                              .TypeConstraint<T>("T")                                     \
-                              .TypeConstraint<M>("M")                                     \
-                              .HostMemory("padding_value"),                               \
+#define MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, T, M)    \
+  REGISTER_KERNEL_BUILDER(Name(NAME)                                                    \
+                              .Device(DEVICE)                                           \
+                              .TypeConstraint<T>("T")                                   \
+                              .TypeConstraint<M>("M")                                   \
+                              .HostMemory("padding_value")                              \
+                              .HostMemory("params"),                                    \
+                          ::masked_ops::tf_adapter::MaskedLossOp<DEV_TAG, LOSS, T, M>); \
+  REGISTER_KERNEL_BUILDER(Name(NAME "Grad")                                             \
+                              .Device(DEVICE)                                           \
+                              .TypeConstraint<T>("T")                                   \
+                              .TypeConstraint<M>("M")                                   \
+                              .HostMemory("padding_value")                              \
+                              .HostMemory("params"),                                    \
                           ::masked_ops::tf_adapter::MaskedLossGradOp<DEV_TAG, LOSS, T, M>)
 
 #define MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, T)           \
@@ -280,10 +306,10 @@ class MaskedLossGradOp : public tf::OpKernel {
   MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, T, T)
 
 // One loss on one device for every supported input dtype: the dtype list lives here only.
-#define MASKED_OPS_REGISTER_LOSS_KERNELS_ALL_DTYPES(NAME, LOSS, DEVICE, DEV_TAG)                    \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, Eigen::half);                       \
-  MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, Eigen::half, float);       \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, Eigen::bfloat16);                   \
-  MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, Eigen::bfloat16, float);   \
-  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, float);                             \
+#define MASKED_OPS_REGISTER_LOSS_KERNELS_ALL_DTYPES(NAME, LOSS, DEVICE, DEV_TAG)                  \
+  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, Eigen::half);                     \
+  MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, Eigen::half, float);     \
+  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, Eigen::bfloat16);                 \
+  MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, Eigen::bfloat16, float); \
+  MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, float);                           \
   MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, double)

@@ -30,23 +30,24 @@ struct Launch<CPUDevice, Loss, T, M> {
   using KM = kernel_t<M>;
   using Acc = acc_t<KT>;
 
-  static absl::Status Forward(tf::OpKernelContext* ctx, const MaskedInputs<KT, KM>& in,
-                              Reduction reduction, Acc* loss, Acc* sum, Acc* weight_sum,
-                              int64_t* count) {
+  static absl::Status Forward(tf::OpKernelContext* ctx, const Loss& loss_fn,
+                              const MaskedInputs<KT, KM>& in, Reduction reduction, Acc* loss,
+                              Acc* sum, Acc* weight_sum, int64_t* count) {
     const size_t bytes = cpu::forward_workspace_bytes(in.n);
     tf::Tensor workspace;
     TF_RETURN_IF_ERROR(ctx->allocate_temp(
         tf::DT_UINT8, tf::TensorShape({static_cast<int64_t>(bytes)}), &workspace));
-    return ToStatus(cpu::forward<Loss>(in, reduction, workspace.flat<uint8_t>().data(), bytes, loss,
-                                       sum, weight_sum, count, IntraOpParallelFor(ctx)),
+    return ToStatus(cpu::forward(loss_fn, in, reduction, workspace.flat<uint8_t>().data(), bytes,
+                                 loss, sum, weight_sum, count, IntraOpParallelFor(ctx)),
                     "forward");
   }
 
-  static absl::Status Backward(tf::OpKernelContext* ctx, const MaskedInputs<KT, KM>& in,
-                               Reduction reduction, const BackwardScalars<Acc>& scalars,
-                               KT* grad_true, KT* grad_pred, KM* grad_mask) {
-    return ToStatus(cpu::backward<Loss>(in, reduction, scalars, grad_true, grad_pred, grad_mask,
-                                        IntraOpParallelFor(ctx)),
+  static absl::Status Backward(tf::OpKernelContext* ctx, const Loss& loss,
+                               const MaskedInputs<KT, KM>& in, Reduction reduction,
+                               const BackwardScalars<Acc>& scalars, KT* grad_true, KT* grad_pred,
+                               KM* grad_mask) {
+    return ToStatus(cpu::backward(loss, in, reduction, scalars, grad_true, grad_pred, grad_mask,
+                                  IntraOpParallelFor(ctx)),
                     "backward");
   }
 };

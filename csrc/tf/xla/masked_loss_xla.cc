@@ -74,8 +74,8 @@ absl::Status Prepare(tf::XlaOpKernelContext* ctx, int first_input, bool has_padd
     not_padding = xla::Ne(t_in, padding_t, {});
     const xla::XlaOp rounded = xla::ConvertElementType(padding_t, xla::F64);
     out->bad_padding =
-        xla::Or(xla::Ne(padding64, padding64), xla::And(xla::IsFinite(padding64),
-                                                xla::Not(xla::IsFinite(rounded))));
+        xla::Or(xla::Ne(padding64, padding64),
+                xla::And(xla::IsFinite(padding64), xla::Not(xla::IsFinite(rounded))));
   }
   xla::XlaOp mask_kept;
   if (ctx->input_type(mask) == tf::DT_BOOL) {
@@ -154,13 +154,13 @@ class LoweredOpsOp : public tf::OpKernel {
 
 }  // namespace
 
-REGISTER_OP("MaskedOpsXlaLoweredOps")
+REGISTER_OP("MaskedOps>XlaLoweredOps")
     .Output("names: string")
     .SetShapeFn([](tf::shape_inference::InferenceContext* c) {
       c->set_output(0, c->Vector(c->UnknownDim()));
       return absl::OkStatus();
     });
-REGISTER_KERNEL_BUILDER(Name("MaskedOpsXlaLoweredOps").Device(tf::DEVICE_CPU), LoweredOpsOp);
+REGISTER_KERNEL_BUILDER(Name("MaskedOps>XlaLoweredOps").Device(tf::DEVICE_CPU), LoweredOpsOp);
 
 }  // namespace xla_lowering
 }  // namespace masked_ops

@@ -1,12 +1,19 @@
 // XLA lowerings of the masked-loss ops, so that they compile under
 // jit_compile=True. They express the kernels' select-based formula (see
-// ../../kernels/masked_loss.h) with XLA ops; a loss supplies its element math
-// as XLA ops through a traits struct with value/grad_pred/grad_true.
+// ../../kernels/masked_loss.h) with XLA ops; the element math is the loss's
+// own functor, instantiated with the XlaValue expression type.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
+
+// First: the functors' math must see the XlaValue overloads where they are defined.
+#include "xla_value.h"
+// clang-format off
+#include "../../kernels/loss_list.h"
+#include "../masked_loss_op.h"
+// clang-format on
 
 #include "tensorflow/compiler/tf2xla/type_util.h"
 #include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
@@ -21,7 +28,7 @@ namespace xla_lowering {
 namespace tf = ::tensorflow;
 
 // Names of the forward ops that have lowerings, for the library's
-// MaskedOpsXlaLoweredOps op (Python asks it whether to emit the op under XLA).
+// MaskedOps>XlaLoweredOps op (Python asks it whether to emit the op under XLA).
 std::vector<std::string>& LoweredOps();
 
 struct LoweredOpRegistrar {
@@ -55,6 +62,12 @@ xla::XlaOp SumAll(tf::XlaOpKernelContext* ctx, xla::XlaOp x, xla::PrimitiveType 
 // Sums `x` (inputs' shape) over the trailing dims each mask entry covers.
 xla::XlaOp SumToMask(tf::XlaOpKernelContext* ctx, xla::XlaOp x, const Prepared& in);
 
+// The loss functor with its parameters, which must be compile-time constants.
+template <class Loss>
+absl::Status CompileTimeLoss(tf::XlaOpKernelContext* ctx, int index, Loss* loss) {
+  TF_ASSIGN_OR_RETURN(const tf::Tensor params, ctx->ConstantInputTensor(index));
+  return tf_adapter::MakeLoss(params, loss);
+}
 
 template <class Loss>
 class MaskedLossXlaOp : public tf::XlaOpKernel {
@@ -66,8 +79,10 @@ class MaskedLossXlaOp : public tf::XlaOpKernel {
   void Compile(tf::XlaOpKernelContext* ctx) override {
     Prepared in;
     OP_REQUIRES_OK(ctx, Prepare(ctx, 0, has_padding_value_, &in));
-    const xla::XlaOp sum =
-        SumAll(ctx, xla::Select(in.keep, in.w * Loss::value(in.t, in.p), in.zeros), in.acc);
+    Loss loss_fn;
+    OP_REQUIRES_OK(ctx, CompileTimeLoss(ctx, 4, &loss_fn));
+    const xla::XlaOp value = loss_fn.value(XlaValue(in.t), XlaValue(in.p)).op();
+    const xla::XlaOp sum = SumAll(ctx, xla::Select(in.keep, in.w * value, in.zeros), in.acc);
     const xla::XlaOp weight_sum = SumAll(ctx, xla::Select(in.keep, in.w, in.zeros), in.acc);
     const xla::XlaOp count = SumAll(ctx, xla::ConvertElementType(in.keep, xla::S64), xla::S64);
     xla::XlaOp loss = sum;
@@ -103,14 +118,17 @@ class MaskedLossGradXlaOp : public tf::XlaOpKernel {
   void Compile(tf::XlaOpKernelContext* ctx) override {
     Prepared in;
     OP_REQUIRES_OK(ctx, Prepare(ctx, 3, has_padding_value_, &in));
+    Loss loss_fn;
+    OP_REQUIRES_OK(ctx, CompileTimeLoss(ctx, 7, &loss_fn));
+    const XlaValue t(in.t), p(in.p);
     OP_REQUIRES(ctx, !(want_mask_ && ctx->input_type(5) == tf::DT_BOOL),
                 absl::InvalidArgumentError(
                     "want_mask=True needs a floating-point mask; a boolean mask has no gradient"));
     const xla::XlaOp grad_loss = ctx->Input(0);
     const xla::XlaOp grad_sum = ctx->Input(1);
     const xla::XlaOp grad_weight_sum = ctx->Input(2);
-    const xla::XlaOp loss = ctx->Input(7);
-    const xla::XlaOp weight_sum = ctx->Input(8);
+    const xla::XlaOp loss = ctx->Input(8);
+    const xla::XlaOp weight_sum = ctx->Input(9);
     // Same coefficients as grad_coefficients() in masked_loss.h.
     xla::XlaOp a = grad_loss + grad_sum;
     xla::XlaOp b = grad_weight_sum;
@@ -130,12 +148,12 @@ class MaskedLossGradXlaOp : public tf::XlaOpKernel {
     auto element_grad = [&](xla::XlaOp g) {
       return xla::ConvertElementType(xla::Select(in.keep, aw * g, in.zeros), t_type);
     };
-    ctx->SetOutput(0, want_true_ ? element_grad(Loss::grad_true(in.t, in.p)) : Empty(ctx, t_type));
-    ctx->SetOutput(1, want_pred_ ? element_grad(Loss::grad_pred(in.t, in.p)) : Empty(ctx, t_type));
+    ctx->SetOutput(0, want_true_ ? element_grad(loss_fn.grad_true(t, p).op()) : Empty(ctx, t_type));
+    ctx->SetOutput(1, want_pred_ ? element_grad(loss_fn.grad_pred(t, p).op()) : Empty(ctx, t_type));
     const xla::PrimitiveType m_type = ctx->input_xla_type(5);
     if (want_mask_) {
       const xla::XlaOp per_element =
-          xla::Select(in.keep, a * Loss::value(in.t, in.p) + b, in.zeros);
+          xla::Select(in.keep, a * loss_fn.value(t, p).op() + b, in.zeros);
       ctx->SetOutput(2, xla::ConvertElementType(SumToMask(ctx, per_element, in), m_type));
     } else {
       ctx->SetOutput(2, Empty(ctx, m_type));
@@ -158,11 +176,14 @@ class MaskedLossGradXlaOp : public tf::XlaOpKernel {
 }  // namespace masked_ops
 
 // Registers the lowerings of the forward op NAME and its gradient NAME "Grad".
-// padding_value stays an ordinary operand: it need not be a compile-time constant.
-#define MASKED_OPS_REGISTER_LOSS_XLA(NAME, XLA_LOSS)                                             \
-  REGISTER_XLA_OP(Name(NAME), ::masked_ops::xla_lowering::MaskedLossXlaOp<XLA_LOSS>);            \
-  REGISTER_XLA_OP(Name(NAME "Grad"), ::masked_ops::xla_lowering::MaskedLossGradXlaOp<XLA_LOSS>); \
-  static ::masked_ops::xla_lowering::LoweredOpRegistrar MASKED_OPS_XLA_CONCAT(                   \
+// padding_value stays an ordinary operand: it need not be a compile-time
+// constant; the loss's params must be one (they shape the computation).
+#define MASKED_OPS_REGISTER_LOSS_XLA(NAME, LOSS)                               \
+  REGISTER_XLA_OP(Name(NAME).CompileTimeConstantInput("params"),               \
+                  ::masked_ops::xla_lowering::MaskedLossXlaOp<LOSS>);          \
+  REGISTER_XLA_OP(Name(NAME "Grad").CompileTimeConstantInput("params"),        \
+                  ::masked_ops::xla_lowering::MaskedLossGradXlaOp<LOSS>);      \
+  static ::masked_ops::xla_lowering::LoweredOpRegistrar MASKED_OPS_XLA_CONCAT( \
       masked_ops_xla_registrar_, __COUNTER__)(NAME)
 
 #define MASKED_OPS_XLA_CONCAT_INNER(a, b) a##b

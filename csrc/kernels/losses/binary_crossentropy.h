@@ -1,0 +1,86 @@
+// Masked binary cross-entropy, as keras.losses.BinaryCrossentropy. With the
+// smoothed target z = t (1 - s) + s / 2 (s = label_smoothing, Keras's rule):
+//   from probabilities: p clipped to [eps, 1 - eps] (eps = 1e-7, Keras's
+//     epsilon), value = -(z log p + (1 - z) log(1 - p)); no gradient flows
+//     through the clipping outside [eps, 1 - eps], as in TensorFlow;
+//   from logits x: value = max(x, 0) - x z + log1p(exp(-|x|)) (the stable
+//     form of tf.nn.sigmoid_cross_entropy_with_logits), d/dx = sigmoid(x) - z.
+// Parameter: label_smoothing in [0, 1].
+#pragma once
+
+#include "../loss_math.h"
+#include "../masked_loss.h"
+
+namespace masked_ops {
+
+struct BinaryCrossentropyBase {
+  static constexpr int kNumParams = 1;
+  static const char* invalid_params(const LossParams& p) {
+    return p.value[0] >= 0 && p.value[0] <= 1 ? nullptr : "label_smoothing must be in [0, 1]";
+  }
+  MO_HD explicit BinaryCrossentropyBase(const LossParams& p) : smoothing(p.value[0]) {}
+
+  template <typename Acc>
+  MO_HD Acc target(Acc t) const {
+    return smoothing == 0 ? t : t * Acc(1.0 - smoothing) + Acc(0.5 * smoothing);
+  }
+  // d z / d t
+  template <typename Acc>
+  MO_HD Acc target_scale() const {
+    return Acc(1.0 - smoothing);
+  }
+
+  double smoothing;
+};
+
+struct BinaryCrossentropy : BinaryCrossentropyBase {
+  static constexpr double kEpsilon = 1e-7;
+  MO_HD explicit BinaryCrossentropy(const LossParams& p = {{0.0}, 1}) : BinaryCrossentropyBase(p) {}
+
+  template <typename Acc>
+  MO_HD static Acc clipped(Acc p) {
+    return math::clip(p, Acc(kEpsilon), Acc(1.0 - kEpsilon));
+  }
+  template <typename Acc>
+  MO_HD Acc value(Acc t, Acc p) const {
+    const Acc z = target(t);
+    const Acc c = clipped(p);
+    return -(z * math::log(c) + (Acc(1) - z) * math::log(Acc(1) - c));
+  }
+  template <typename Acc>
+  MO_HD Acc grad_pred(Acc t, Acc p) const {
+    const Acc z = target(t);
+    const Acc c = clipped(p);
+    const Acc g = (Acc(1) - z) / (Acc(1) - c) - z / c;
+    return math::select(p < Acc(kEpsilon), Acc(0),
+                        math::select(p > Acc(1.0 - kEpsilon), Acc(0), g));
+  }
+  template <typename Acc>
+  MO_HD Acc grad_true(Acc, Acc p) const {
+    const Acc c = clipped(p);
+    return target_scale<Acc>() * (math::log(Acc(1) - c) - math::log(c));
+  }
+};
+
+struct BinaryCrossentropyFromLogits : BinaryCrossentropyBase {
+  MO_HD explicit BinaryCrossentropyFromLogits(const LossParams& p = {{0.0}, 1})
+      : BinaryCrossentropyBase(p) {}
+
+  template <typename Acc>
+  MO_HD Acc value(Acc t, Acc x) const {
+    const Acc relu = math::select(x >= Acc(0), x, Acc(0));
+    return relu - x * target(t) + math::log1p(math::exp(-math::abs(x)));
+  }
+  template <typename Acc>
+  MO_HD Acc grad_pred(Acc t, Acc x) const {
+    const Acc e = math::exp(-math::abs(x));
+    const Acc sigmoid = math::select(x >= Acc(0), Acc(1) / (Acc(1) + e), e / (Acc(1) + e));
+    return sigmoid - target(t);
+  }
+  template <typename Acc>
+  MO_HD Acc grad_true(Acc, Acc x) const {
+    return -(target_scale<Acc>() * x);
+  }
+};
+
+}  // namespace masked_ops
