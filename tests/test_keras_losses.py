@@ -123,7 +123,8 @@ def test_keras_mask_matches_keras(name, ours, theirs, kwargs, kind, reduction):
 def test_gradients_match_keras(name, ours, theirs, kwargs, kind):
     rng = np.random.default_rng(3)
     y_true, y_pred = _data(rng, (B, T, F), kind)
-    sample_weight = _weights(rng, (B, 1, 1) if kwargs.get("axis", -1) == 0 else (B, T))
+    # Axis 0 leaves a (T, F) per-sample loss, which (T, F) weights fit.
+    sample_weight = _weights(rng, (T, F) if kwargs.get("axis", -1) == 0 else (B, T))
     y_pred = tf.Variable(y_pred)
     grads = []
     for cls in (ours, theirs):
