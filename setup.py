@@ -20,7 +20,9 @@ class CMakeBuild(build_ext):
     def build_extension(self, ext):
         # Everything CMake builds lands next to the package's Python files.
         package_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
-        build_dir = Path(self.build_temp).resolve() / "cmake"
+        # A persistent build tree (not pip's temporary one), so that editing
+        # one native file rebuilds only what depends on it.
+        build_dir = Path(os.environ.get("MASKED_OPS_BUILD_DIR", ROOT / "build" / "cmake")).resolve()
         build_dir.mkdir(parents=True, exist_ok=True)
         config = [
             f"-DPython3_EXECUTABLE={sys.executable}",

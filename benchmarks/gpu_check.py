@@ -1,17 +1,34 @@
-"""GPU check of the masked squared error kernels, without TensorFlow.
+"""GPU check of the masked-loss kernels, every loss of the loss table, without
+TensorFlow.
 
 benchmarks/gpu_check.sh builds the CUDA kernels and the pybind11 binding for the
 local GPU and runs this script, which
-  1. checks forward and backward against a float64 reference on fresh random
-     data: sizes 1 to above 2**31 elements (the largest when memory allows);
-     float16, bfloat16, float32; boolean, float and prefix masks; padding; NaN
-     and Inf under the mask. Every output is poisoned (NaN) before each run and
-     checked fully written, and each run is repeated and compared byte for byte;
-  2. times forward, backward and both with CUDA events (median of many runs,
-     inputs larger than L2) against the unfused formula in PyTorch eager, under
-     torch.compile, under jax.jit when JAX is installed, and a device-to-device
-     copy of the same number of bytes (the bandwidth ceiling);
-  3. writes all numbers to benchmarks/results/ and prints a table last.
+  1. checks forward and backward against the float64 oracle of tests/oracle.py
+     (the element math the test suites use) on fresh random data. The squared
+     error gets the full matrix: sizes 1 to above 2**31 elements (the largest
+     when memory allows); float16, bfloat16, float32, float64; no mask,
+     boolean, float and float32 (for 16-bit inputs) masks, prefix masks with
+     rows of 2 to 4096 elements and rows split into segments, a 0-d float mask;
+     offset views (a scalar head before the aligned vectors, and the scalar
+     path when y_true and y_pred sit at different offsets from a 16-byte
+     boundary); padding; NaN and Inf under the mask. Every other loss, for each
+     of its parameter sets in LOSS_PARAMS, runs a representative subset (each
+     dtype and mask kind, short and long prefix rows, offsets, a size above
+     2**24) with inputs in its domain. Every output is poisoned (NaN) before
+     each run and checked fully written, and each run is repeated and compared
+     byte for byte. It also checks that a bad loss name or parameter is
+     refused, that the peers' formulas compute the oracle's loss, and on the
+     GPU that an element-misaligned view and a call without a stream are
+     refused with their errors;
+  2. writes the correctness results to benchmarks/results/ at once, then times
+     with CUDA events (median of many runs, inputs larger than L2) each loss's
+     forward and forward+backward at 2**28 float32 elements, then the squared
+     error's forward, backward and both across dtypes and mask kinds, against
+     the same masked formula in PyTorch eager, under torch.compile, under
+     jax.jit when JAX is installed, and a device-to-device copy of the bytes
+     the fused op actually moves (the bandwidth ceiling); a peer that fails is
+     noted and the others go on;
+  3. rewrites the results with the timings and prints a table last.
 
 --cpu is a dry run of the same checks and report through the binding's host
 path with NumPy (small sizes, no GPU or PyTorch needed). The exit status is
@@ -19,6 +36,7 @@ non-zero when any check fails or the GPU path cannot run.
 """
 
 import argparse
+import collections
 import dataclasses
 import datetime
 import importlib.util
@@ -29,6 +47,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -36,16 +55,35 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from tolerances import tolerance  # noqa: E402
 
-PAD = -1.5  # exactly representable in every input dtype
-DTYPES = ("float16", "bfloat16", "float32")
-MASKS = ("bool", "float", "prefix_bool", "prefix_float")
+try:
+    import oracle  # noqa: E402  (needs ml_dtypes)
+except ImportError as e:  # reported by main(), which can say what to install
+    oracle, ORACLE_ERROR = None, e
+
+PAD = -1.5  # exactly representable in every input dtype, outside every loss's target range
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+# "float32": float32 weights with 16-bit inputs (the accumulator dtype); "scalar_float": a 0-d mask.
+MASKS = ("none", "bool", "float", "float32", "prefix_bool", "prefix_float", "scalar_float")
 REDUCTIONS = ("mean", "sum")
+# (1, 1): a scalar head before 16-byte-aligned vectors; (1, 2) and (0, 3):
+# y_true and y_pred at different 16-byte phases (the scalar path).
+OFFSETS = ((1, 1), (1, 2), (0, 3))
 # Upstream gradients of (loss, sum, weight_sum): all non-zero, so every term of
 # the backward's coefficients is exercised.
 UPSTREAM = (0.75, 0.25, 0.5)
-ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 HUGE = 2049 * 1048577  # above 2**31, with a divisor for a prefix mask
 REF_CHUNK = 1 << 25  # elements per chunk of the float64 reference
+# Parameter sets each loss is checked with; the first is also the one timed.
+# A loss of the binding without an entry here fails the check.
+LOSS_PARAMS = {
+    "squared_error": ((),),
+    "absolute_error": ((),),
+    "huber": ((1.0,), (0.3,)),
+    "binary_crossentropy": ((0.0,), (0.1,)),
+    "binary_crossentropy_from_logits": ((0.0,), (0.1,)),
+}
+KERAS_EPSILON = 1e-7  # keras.backend.epsilon(): the probability clip of binary cross-entropy
 
 
 def fail(message):
@@ -76,12 +114,20 @@ def prefix_split(n):
     return 1, n
 
 
+def loss_label(loss, params):
+    return f"{loss}({', '.join(f'{x:g}' for x in params)})" if params else loss
+
+
 @dataclasses.dataclass
 class Case:
     n: int
     dtype: str
     mask: str
     reduction: str
+    inner: int = 0  # prefix masks: row length (0: prefix_split(n))
+    offsets: tuple = (0, 0)  # element offsets of the y_true and y_pred views
+    loss: str = "squared_error"  # the loss table's name
+    params: tuple = ()
 
     @property
     def prefix(self):
@@ -89,36 +135,154 @@ class Case:
 
     @property
     def float_mask(self):
-        return self.mask.endswith("float")
+        return self.mask in ("float", "float32", "prefix_float", "scalar_float")
+
+    @property
+    def acc(self):
+        return "float64" if self.dtype == "float64" else "float32"
+
+    @property
+    def mask_dtype(self):
+        """None, "bool", or the weights' dtype."""
+        if self.mask == "none":
+            return None
+        if not self.float_mask:
+            return "bool"
+        return "float32" if self.mask == "float32" else self.dtype
 
     @property
     def rows_inner(self):
-        return prefix_split(self.n) if self.prefix else (self.n, 1)
+        if self.prefix:
+            return (self.n // self.inner, self.inner) if self.inner else prefix_split(self.n)
+        if self.mask in ("none", "scalar_float"):
+            return 1, self.n
+        return self.n, 1
 
     @property
     def shape(self):
         return self.rows_inner if self.prefix else (self.n,)
 
     @property
+    def mask_shape(self):
+        return () if self.mask == "scalar_float" else self.shape[: 1 if self.prefix else None]
+
+    @property
     def mask_n(self):
         return self.rows_inner[0]
 
+    @property
+    def math(self):
+        """The oracle's element math of the loss, in this case's accumulator."""
+        return oracle.LOSSES[self.loss](self.params, self.acc)
+
+    @property
+    def loss_kw(self):
+        """The binding's keyword arguments naming the loss."""
+        return {"loss_name": self.loss, "params": [float(x) for x in self.params]}
+
+    @property
+    def label(self):
+        return loss_label(self.loss, self.params)
+
     def name(self):
-        return f"n={self.n} {self.dtype} {self.mask} {self.reduction}"
+        extra = f" inner={self.inner}" if self.inner else ""
+        extra += f" offsets={self.offsets}" if any(self.offsets) else ""
+        return f"{self.label} n={self.n} {self.dtype} {self.mask} {self.reduction}{extra}"
 
 
-def coefficients(loss, weight_sum, reduction):
-    """float64 (a, b) of grad_coefficients() in csrc/kernels/masked_loss.h."""
-    grad_loss, grad_sum, grad_weight_sum = UPSTREAM
-    if reduction == "sum":
-        return grad_loss + grad_sum, grad_weight_sum
-    inv = 1.0 / weight_sum if weight_sum != 0 else 0.0
-    return grad_loss * inv + grad_sum, grad_weight_sum - grad_loss * loss * inv
+def valid_case(case):
+    # float32 weights are the accumulator dtype of 16-bit inputs only (for
+    # float32 inputs they are the "float" case).
+    return case.mask != "float32" or case.dtype in ("float16", "bfloat16")
 
 
 def chunks(n, size):
     for start in range(0, n, size):
         yield start, min(n, start + size)
+
+
+# ---------------------------------------------------------------------------
+# Inputs: written once against a few array primitives, which NumPy (host) and
+# PyTorch (device) backends provide, so the dry run draws the GPU's inputs.
+
+
+def draw_values(ops, gen, domain, n):
+    """y_true and y_pred of n elements in a loss's domain (oracle.ElementMath.domain),
+    before padding and poison."""
+    if domain == "real":
+        t = 3.0 * ops.randn(gen, n)
+        return t, t + ops.randn(gen, n)
+    # Targets: half hard labels, half soft.
+    labels = ops.as_float(ops.rand(gen, n) < 0.5)
+    t = ops.where(ops.rand(gen, n) < 0.5, labels, ops.rand(gen, n))
+    u = ops.rand(gen, n)
+    if domain == "probability":
+        # 10 % near 0 and 10 % near 1, across the clip bounds 1e-7 and 1 - 1e-7
+        # (some round to exactly 0 or 1).
+        tail = 10.0 ** (-9.0 + 8.0 * ops.rand(gen, n))
+        return t, ops.where(u < 0.1, tail, ops.where(u < 0.2, 1.0 - tail, ops.rand(gen, n)))
+    if domain == "logit":
+        # 10 % large enough to saturate the sigmoid.
+        x = 4.0 * ops.randn(gen, n)
+        return t, ops.where(u < 0.1, 8.0 * x, x)
+    raise ValueError(f"no inputs for the domain {domain!r}")
+
+
+@dataclasses.dataclass
+class Inputs:
+    t: object  # flat y_true
+    p: object  # flat y_pred
+    m: object  # the mask (case.mask_shape), or None
+
+
+@dataclasses.dataclass
+class Result:
+    out: tuple  # (loss, sum, weight_sum) as Python floats
+    count: int
+    grads: tuple  # flat (grad_y_true, grad_y_pred, grad_mask or None)
+    unwritten: list  # outputs that kept their poison
+    outputs: tuple  # every output array, for the repeatability check
+
+
+class Backend:
+    """What both backends share: inputs drawn from their primitives."""
+
+    def make_inputs(self, case, seed, poison=True):
+        """Inputs of a case in its loss's domain, padding in 10 % of y_true.
+        With poison, elements that are not kept hold NaN predictions and
+        zero-weight ones Inf truths (the kernels must not let them through)."""
+        gen = self.generator(seed)
+        rows, inner = case.rows_inner
+        m = None
+        if case.float_mask:
+            u = self.rand(gen, rows)
+            w = 0.25 + 1.75 * self.rand(gen, rows)
+            m = self.cast(self.where(u < 0.3, 0.0, w), case.mask_dtype)
+        elif case.mask != "none":
+            m = self.rand(gen, rows) < 0.7
+        ot, op = case.offsets
+        t = self.empty_view(case.n, case.dtype, ot)
+        p = self.empty_view(case.n, case.dtype, op)
+        domain = case.math.domain
+        for s, e in chunks(case.n, REF_CHUNK):
+            tc, pc = draw_values(self, gen, domain, e - s)
+            tc = self.where(self.rand(gen, e - s) < 0.1, PAD, tc)
+            if poison:
+                dropped = tc == PAD
+                if m is not None:
+                    w = self.as_float(m[self.arange(s, e) // inner])
+                    dropped = dropped | (w == 0)
+                    tc = self.where(w == 0, np.inf, tc)
+                pc = self.where(dropped, np.nan, pc)
+            self.store(t, s, e, tc)
+            self.store(p, s, e, pc)
+        return Inputs(t, p, None if m is None else m.reshape(case.mask_shape))
+
+
+# ---------------------------------------------------------------------------
+# The float64 reference: tests/oracle.py's element math and backward
+# coefficients, on chunks of be.xp arrays (NumPy; CuPy on the GPU, which NumPy
+# calls dispatch to).
 
 
 class Tally:
@@ -138,124 +302,344 @@ class Tally:
         return f"{self.what}: {self.bad} of {self.total} out of tolerance, e.g. {self.examples}"
 
 
+def examples(xp, bad, actual, expected, offset):
+    i = xp.flatnonzero(bad)[:3].tolist()
+    return [(int(j) + offset, float(actual[j]), float(expected[j])) for j in i]
+
+
+def out_of_bound(xp, actual, expected, bound, dtype):
+    """actual farther than bound from expected, except where the result
+    overflows dtype's range and actual is the infinity of its sign (the
+    rounding of such a result)."""
+    bad = ~(abs(actual - expected) <= bound)
+    big = abs(expected) + bound >= float(oracle.finfo(dtype).max)
+    return bad & ~(big & (actual == xp.where(expected > 0, np.inf, -np.inf)))
+
+
 def check_reference(be, case, inp, result):
-    """Failures of one run against the float64 reference (empty when it passed)."""
-    rows, inner = case.rows_inner
-    rtol_r, atol_r = tolerance(case.dtype, "reduction")
-    rtol_e, atol_e = tolerance(case.dtype, "elementwise")
-    total = weight_sum = 0.0
-    count = 0
+    """Failures of one run against the float64 oracle (empty when it passed).
+    Bounds as in tests/fuzz_cases.py: relative to the magnitudes of the terms
+    a result is made of, which may cancel."""
+    xp, math = be.xp, case.math
+    inner = case.rows_inner[1]
+    padding = oracle.kernel_padding(PAD, case.dtype)
     loss_k, sum_k, ws_k = result.out
-    a, b = coefficients(loss_k, ws_k, case.reduction)
+    coeffs = oracle.coefficients(UPSTREAM, loss_k, ws_k, case.reduction)
+    rtol_e, atol_e = tolerance(case.dtype, "elementwise")
+    rtol_a, atol_a = tolerance(case.dtype, "accumulation")
+    total = total_scale = weight_sum = weight_scale = count = 0
     tallies = [Tally("grad_y_true"), Tally("grad_y_pred")]
-    mask_grad = be.zeros_f64(case.mask_n) if case.float_mask else None
-    mask_scale = be.zeros_f64(case.mask_n) if case.float_mask else None
-    with np.errstate(invalid="ignore", over="ignore"):
+    grads = (
+        (tallies[0], result.grads[0], math.grad_true, math.grad_true_scale),
+        (tallies[1], result.grads[1], math.grad_pred, math.grad_pred_scale),
+    )
+    m_flat = None if inp.m is None else inp.m.reshape(-1)
+    if case.float_mask:
+        mask_grad, mask_scale, mask_kept = (xp.zeros(case.mask_n) for _ in range(3))
+    with np.errstate(all="ignore"):
         for s, e in chunks(case.n, REF_CHUNK):
             t = be.f64(inp.t[s:e])
             p = be.f64(inp.p[s:e])
-            rows_of = be.arange(s, e) // inner
-            w = be.f64(inp.m[rows_of])
-            keep = (w != 0) & (t != PAD)
-            d = be.where(keep, t - p, 0.0)
-            value = d * d
-            total += float((w * value).sum())
-            weight_sum += float(be.where(keep, w, 0.0).sum())
+            r0, r1 = s // inner, (e - 1) // inner + 1
+            local = xp.arange(s, e, dtype=xp.int64) // inner - r0
+            w = xp.ones(e - s) if m_flat is None else be.f64(m_flat[r0:r1])[local]
+            keep = (w != 0) & (t != padding)
+            value = math.value(t, p)
+            value_scale = math.value_scale(t, p)
+            total += float(xp.where(keep, w * value, 0.0).sum())
+            total_scale += float(xp.where(keep, abs(w) * value_scale, 0.0).sum())
+            weight_sum += float(xp.where(keep, w, 0.0).sum())
+            weight_scale += float(xp.where(keep, abs(w), 0.0).sum())
             count += int(keep.sum())
-            for tally, grad, expected in (
-                (tallies[0], result.grads[0], a * w * 2.0 * d),
-                (tallies[1], result.grads[1], a * w * -2.0 * d),
-            ):
+            for tally, grad, g, g_scale in grads:
+                expected = xp.where(keep, coeffs.times_a(w, g(t, p)), 0.0)
+                scale = xp.where(keep, coeffs.times_a_scale(w, g_scale(t, p)), 0.0)
                 actual = be.f64(grad[s:e])
-                bad = ~(abs(actual - expected) <= atol_e + rtol_e * abs(expected))
-                tally.add(int(bad.sum()), e - s, be.examples(bad, actual, expected, s))
+                bound = atol_e + rtol_e * (abs(expected) + scale)
+                bad = out_of_bound(xp, actual, expected, bound, case.dtype)
+                bad = bad | (~keep & (actual != 0))  # exactly 0 where not kept
+                tally.add(int(bad.sum()), e - s, examples(xp, bad, actual, expected, s))
             if case.float_mask:
-                gw = be.where(keep, a * value + b, 0.0)
-                scale = be.where(keep, abs(a * value) + abs(b), 0.0)
-                be.index_add(mask_grad, rows_of, gw)
-                be.index_add(mask_scale, rows_of, scale)
+                gw = xp.where(keep, coeffs.grad_weight(value), 0.0)
+                sw = xp.where(keep, coeffs.grad_weight_scale(value_scale), 0.0)
+                for acc, x in ((mask_grad, gw), (mask_scale, sw), (mask_kept, keep * 1.0)):
+                    acc[r0:r1] += xp.bincount(local, weights=x, minlength=r1 - r0)
     failures = []
-    loss = total if case.reduction == "sum" else (total / weight_sum if weight_sum else 0.0)
-    for what, got, want in (
-        ("loss", loss_k, loss),
-        ("sum", sum_k, total),
-        ("weight_sum", ws_k, weight_sum),
-    ):
-        if not abs(got - want) <= atol_r + rtol_r * abs(want):
-            failures.append(f"{what}: got {got!r}, float64 reference {want!r}")
     if result.count != count:
         failures.append(f"count: got {result.count}, reference {count}")
-    if case.reduction == "mean" and weight_sum == 0 and loss_k != 0.0:
-        failures.append(f"loss: nothing kept but got {loss_k!r} instead of 0")
+    e_sum = atol_a * case.n + rtol_a * (abs(total) + total_scale)
+    e_ws = atol_a * case.n + rtol_a * (abs(weight_sum) + weight_scale)
+    checks = [("sum", sum_k, total, e_sum), ("weight_sum", ws_k, weight_sum, e_ws)]
+    if case.reduction == "sum":
+        checks.append(("loss", loss_k, total, e_sum))
+    elif weight_sum == 0:
+        if loss_k != 0.0:
+            failures.append(f"loss: nothing kept but got {loss_k!r} instead of 0")
+    elif abs(weight_sum) > 2 * e_ws:
+        # sum / weight_sum with both known to within e_sum and e_ws, plus the
+        # division's rounding.
+        mean = total / weight_sum
+        bound = (e_sum + abs(mean) * e_ws) / (abs(weight_sum) - e_ws)
+        checks.append(("loss", loss_k, mean, bound + atol_a + rtol_a * abs(mean)))
+    for what, got, want, bound in checks:
+        if not abs(got - want) <= bound:
+            failures.append(f"{what}: got {got!r}, float64 reference {want!r}")
     if case.float_mask:
         actual = be.f64(result.grads[2])
-        bad = ~(abs(actual - mask_grad) <= atol_e + rtol_e * (abs(mask_grad) + mask_scale))
+        # A row sum's accumulation error (per term and relative to the terms'
+        # magnitudes), then the rounding to the mask dtype.
+        rtol_m, atol_m = tolerance(case.mask_dtype, "elementwise")
+        terms = atol_a * inner + rtol_a * (abs(mask_grad) + mask_scale)
+        bound = terms + atol_m + rtol_m * (abs(mask_grad) + mask_scale)
+        bad = out_of_bound(xp, actual, mask_grad, bound, case.mask_dtype)
+        # Exactly 0 where nothing of the row is kept (weight 0 included).
+        bad = bad | ((mask_kept == 0) & (actual != 0))
         tally = Tally("grad_mask")
-        tally.add(int(bad.sum()), case.mask_n, be.examples(bad, actual, mask_grad, 0))
+        tally.add(int(bad.sum()), case.mask_n, examples(xp, bad, actual, mask_grad, 0))
         tallies.append(tally)
     failures.extend(f for f in (t.failure() for t in tallies) if f)
     return failures
 
 
-@dataclasses.dataclass
-class Inputs:
-    t: object  # flat y_true
-    p: object  # flat y_pred
-    m: object  # flat mask: mask_n entries (all ones of the mask dtype for no mask)
+# ---------------------------------------------------------------------------
+# The peers' formulas: per loss, its element value as PyTorch and as the NumPy
+# API (run as jax.numpy under jax.jit, and with NumPy in the dry run), on
+# inputs in the accumulator dtype; the masked mean around them is shared.
 
 
-@dataclasses.dataclass
-class Result:
-    out: tuple  # (loss, sum, weight_sum) as Python floats
-    count: int
-    grads: tuple  # flat (grad_y_true, grad_y_pred, grad_mask or None)
-    unwritten: list  # outputs that kept their poison
-    outputs: tuple  # every output array, for the repeatability check
+def _smoothed(t, smoothing):
+    return t if smoothing == 0 else t * (1.0 - smoothing) + 0.5 * smoothing
 
 
-class HostBackend:
+def _torch_bce(torch, t, p, q):
+    # Keras's binary_crossentropy: clip, then the two logs.
+    z = _smoothed(t, q[0])
+    c = torch.clamp(p, KERAS_EPSILON, 1.0 - KERAS_EPSILON)
+    return -(z * torch.log(c) + (1.0 - z) * torch.log(1.0 - c))
+
+
+def _array_bce(xp, t, p, q):
+    z = _smoothed(t, q[0])
+    c = xp.clip(p, KERAS_EPSILON, 1.0 - KERAS_EPSILON)
+    return -(z * xp.log(c) + (1.0 - z) * xp.log(1.0 - c))
+
+
+def _array_huber(xp, t, p, q):
+    # torch.nn.functional.huber_loss's form.
+    a, d = xp.abs(p - t), q[0]
+    return xp.where(a < d, 0.5 * a * a, d * (a - 0.5 * d))
+
+
+def _array_bce_logits(xp, t, x, q):
+    # The stable form binary_cross_entropy_with_logits computes.
+    return xp.maximum(x, 0.0) - x * _smoothed(t, q[0]) + xp.log1p(xp.exp(-xp.abs(x)))
+
+
+class PeerFormula(NamedTuple):
+    torch: object  # (torch, t, p, params) -> elementwise loss
+    array: object  # (xp, t, p, params) -> elementwise loss; xp is jax.numpy or NumPy
+
+
+PEER_FORMULAS = {
+    "squared_error": PeerFormula(
+        lambda torch, t, p, q: torch.nn.functional.mse_loss(p, t, reduction="none"),
+        lambda xp, t, p, q: (t - p) ** 2,
+    ),
+    "absolute_error": PeerFormula(
+        lambda torch, t, p, q: torch.nn.functional.l1_loss(p, t, reduction="none"),
+        lambda xp, t, p, q: xp.abs(t - p),
+    ),
+    "huber": PeerFormula(
+        lambda torch, t, p, q: torch.nn.functional.huber_loss(p, t, reduction="none", delta=q[0]),
+        _array_huber,
+    ),
+    "binary_crossentropy": PeerFormula(_torch_bce, _array_bce),
+    "binary_crossentropy_from_logits": PeerFormula(
+        lambda torch, t, x, q: torch.nn.functional.binary_cross_entropy_with_logits(
+            x, _smoothed(t, q[0]), reduction="none"
+        ),
+        _array_bce_logits,
+    ),
+}
+
+
+def torch_masked_loss(torch, case):
+    """The unfused masked mean of case's loss in PyTorch: f(t, p, m)."""
+    value = PEER_FORMULAS[case.loss].torch
+    acc = {"float32": torch.float32, "float64": torch.float64}[case.acc]
+    prefix, params = case.prefix, case.params
+
+    def masked(t, p, m):
+        w = m.to(acc)
+        if prefix:
+            w = w[:, None]
+        keep = (w != 0) & (t != PAD)
+        v = value(torch, t.to(acc), p.to(acc), params)
+        total = torch.where(keep, w * v, 0.0).sum()
+        ws = torch.where(keep, w, 0.0).sum()
+        return torch.where(ws != 0, total / torch.where(ws != 0, ws, 1.0), 0.0)
+
+    return masked
+
+
+def array_masked_loss(xp, case):
+    """The same with the NumPy API (jax.numpy or NumPy)."""
+    value = PEER_FORMULAS[case.loss].array
+    acc, prefix, params = case.acc, case.prefix, case.params
+
+    def masked(t, p, m):
+        w = m.astype(acc)
+        if prefix:
+            w = w[:, None]
+        keep = (w != 0) & (t != PAD)
+        v = value(xp, t.astype(acc), p.astype(acc), params)
+        total = xp.where(keep, w * v, 0.0).sum()
+        ws = xp.where(keep, w, 0.0).sum()
+        return xp.where(ws != 0, total / xp.where(ws != 0, ws, 1.0), 0.0)
+
+    return masked
+
+
+def check_peer_formulas(columns, losses):
+    """Each peer formula against the oracle's element value (float32 inputs in
+    the loss's domain), so the timings compare against the same loss. columns:
+    (label, evaluate(formula, t, p, params) -> float64 NumPy, optional); an
+    optional column that raises is not run rather than failed. Returns records."""
+    records = []
+    rng = np.random.default_rng(7)
+    for loss in losses:
+        for params in LOSS_PARAMS[loss]:
+            math = oracle.LOSSES[loss](params, "float32")
+            t, p = (x.astype(np.float32) for x in draw_values(NumpyOps, rng, math.domain, 4096))
+            t64, p64 = t.astype(np.float64), p.astype(np.float64)
+            want, scale = math.value(t64, p64), math.value_scale(t64, p64)
+            for label, evaluate, optional in columns:
+                name = f"{label} formula of {loss_label(loss, params)} matches the oracle"
+                try:
+                    with np.errstate(all="ignore"):
+                        got = evaluate(PEER_FORMULAS[loss], t, p, params)
+                except Exception as e:  # a broken peer is reported, not fatal
+                    why = f"raised {type(e).__name__}: {e}"
+                    status = "not run" if optional else "fail"
+                    records.append(
+                        {"case": name, "status": status, "failures": [why], "reason": why}
+                    )
+                    continue
+                # Loose enough for a float32 log near 1 (a few ulps of 1), far
+                # tighter than any wrong term, sign, clip or parameter.
+                bad = ~(np.abs(got - want) <= 1e-6 + 1e-5 * (np.abs(want) + scale))
+                failures = []
+                if bad.any():
+                    i = int(np.flatnonzero(bad)[0])
+                    failures.append(
+                        f"{int(bad.sum())} of {bad.size} differ, e.g. t={t[i]!r} p={p[i]!r}: "
+                        f"{got[i]!r} instead of {want[i]!r}"
+                    )
+                records.append(
+                    {"case": name, "status": "fail" if failures else "pass", "failures": failures}
+                )
+    return records
+
+
+# ---------------------------------------------------------------------------
+# Backends.
+
+
+class NumpyOps:
+    """Array primitives of the host backend (and of the formula check's inputs)."""
+
+    xp = np
+
+    @staticmethod
+    def generator(seed):
+        return np.random.default_rng(seed)
+
+    @staticmethod
+    def rand(gen, n):
+        return gen.random(n)
+
+    @staticmethod
+    def randn(gen, n):
+        return gen.standard_normal(n)
+
+    where = staticmethod(np.where)
+
+    @staticmethod
+    def as_float(x):
+        return np.asarray(x, np.float64)
+
+    @staticmethod
+    def arange(s, e):
+        return np.arange(s, e, dtype=np.int64)
+
+
+def refusal(name, call, error, text):
+    """(name, None) when call() raises `error` with `text` in its message,
+    else (name, what happened)."""
+    try:
+        call()
+    except error as e:
+        return name, None if text in str(e) else f"wrong message: {e}"
+    except Exception as e:  # the wrong error is a failure, not a crash
+        return name, f"{type(e).__name__}: {e}"
+    return name, "was not refused"
+
+
+def loss_refusals(losses, forward):
+    """A bad loss_name or parameter must be refused with a ValueError naming
+    the problem; forward(loss_name, params) runs one forward call."""
+    wanted = [("an unknown loss_name", "no_such_loss", [], "unknown loss")]
+    if "squared_error" in losses:
+        wanted.append(("squared_error with a parameter", "squared_error", [1.0], "params must"))
+    if "huber" in losses:
+        wanted.append(("huber without its delta", "huber", [], "params must"))
+        wanted.append(("huber with delta 0", "huber", [0.0], "delta"))
+    if "binary_crossentropy" in losses:
+        wanted.append(("label_smoothing 1.5", "binary_crossentropy", [1.5], "label_smoothing"))
+    return [
+        refusal(f"{what} is refused", lambda n=n, q=q: forward(n, q), ValueError, text)
+        for what, n, q, text in wanted
+    ]
+
+
+class HostBackend(NumpyOps, Backend):
     """NumPy arrays through the binding's host path (the dry run)."""
 
     name = "cpu"
     poisons = False
 
     def __init__(self, kernels):
-        import ml_dtypes
-
         self.k = kernels
-        self.np_dtypes = {
-            "float16": np.float16,
-            "bfloat16": ml_dtypes.bfloat16,
-            "float32": np.float32,
-        }
 
     def describe(self):
-        return {"backend": "host (NumPy)", "machine": platform.processor() or platform.machine()}
+        return {
+            "backend": "host (NumPy)",
+            "machine": platform.processor() or platform.machine(),
+            "reference": "NumPy",
+        }
 
-    def make_inputs(self, case, seed):
-        rng = np.random.default_rng(seed)
-        rows, inner = case.rows_inner
-        dtype = self.np_dtypes[case.dtype]
-        t = 3.0 * rng.standard_normal(case.n)
-        p = t + rng.standard_normal(case.n)
-        t = np.where(rng.random(case.n) < 0.1, PAD, t)
-        if case.float_mask:
-            m = np.where(rng.random(rows) < 0.3, 0.0, rng.uniform(0.25, 2.0, rows)).astype(dtype)
-        else:
-            m = rng.random(rows) < 0.7
-        w = np.repeat(m.astype(np.float64), inner)
-        # Dropped elements hold NaN predictions, zero-weight ones Inf truths.
-        p = np.where((w == 0) | (t == PAD), np.nan, p)
-        t = np.where(w == 0, np.inf, t)
-        return Inputs(t.astype(dtype), p.astype(dtype), m)
+    @staticmethod
+    def empty_view(n, dtype, offset):
+        """n elements of dtype, `offset` elements into a larger buffer."""
+        return np.empty(n + offset, oracle.np_dtype(dtype))[offset:]
+
+    @staticmethod
+    def cast(x, dtype):
+        return x.astype(oracle.np_dtype(dtype))
+
+    @staticmethod
+    def store(view, s, e, values):
+        with np.errstate(over="ignore", invalid="ignore"):
+            view[s:e] = values
 
     def run(self, case, inp):
         t = inp.t.reshape(case.shape)
         p = inp.p.reshape(case.shape)
-        loss, total, ws, count = self.k.forward(t, p, inp.m, PAD, case.reduction)
+        kw = case.loss_kw
+        loss, total, ws, count = self.k.forward(t, p, inp.m, PAD, case.reduction, **kw)
         grads = self.k.backward(
             *UPSTREAM, t, p, inp.m, PAD, float(loss), float(ws), case.reduction,
-            want_y_true=True, want_y_pred=True, want_mask=case.float_mask,
+            want_y_true=True, want_y_pred=True, want_mask=case.float_mask, **kw,
         )  # fmt: skip
         grads = tuple(None if g is None else g.reshape(-1) for g in grads)
         outputs = tuple(np.asarray(x) for x in (loss, total, ws, count, *grads) if x is not None)
@@ -265,35 +649,43 @@ class HostBackend:
     def same_bits(a, b):
         return all(x.tobytes() == y.tobytes() for x, y in zip(a.outputs, b.outputs, strict=False))
 
-    def free(self, *_):
-        pass
-
-    f64 = staticmethod(lambda x: np.asarray(x, np.float64))
-    where = staticmethod(np.where)
-    zeros_f64 = staticmethod(lambda n: np.zeros(n, np.float64))
-
     @staticmethod
-    def arange(s, e):
-        return np.arange(s, e, dtype=np.int64)
-
-    @staticmethod
-    def index_add(acc, index, values):
-        np.add.at(acc, index, values)
-
-    @staticmethod
-    def examples(bad, actual, expected, offset):
-        i = np.flatnonzero(bad)[:3]
-        return [(int(j) + offset, float(actual[j]), float(expected[j])) for j in i]
+    def f64(x):
+        return np.asarray(x, np.float64)
 
     def memory_allows(self, case):
         return True, ""
 
+    def api_checks(self):
+        t = np.ones(8, np.float32)
+        return loss_refusals(
+            self.k.losses, lambda name, q: self.k.forward(t, t, loss_name=name, params=q)
+        )
 
-class CudaBackend:
-    """PyTorch CUDA tensors through the binding's CUDA launchers."""
+    def release(self):
+        pass
+
+
+class MisalignedView:
+    """A device buffer seen `shift` bytes further on: element-misaligned."""
+
+    def __init__(self, tensor, shift):
+        cai = dict(tensor.__cuda_array_interface__)
+        cai["data"] = (cai["data"][0] + shift, False)
+        cai["shape"] = (cai["shape"][0] - 1, *cai["shape"][1:])
+        cai["strides"] = None
+        self.__cuda_array_interface__ = cai
+
+
+class CudaBackend(Backend):
+    """PyTorch CUDA tensors through the binding's CUDA launchers; the float64
+    reference runs on the device with CuPy (on the host without it)."""
 
     name = "cuda"
     poisons = True
+    # Without CuPy the reference runs in NumPy on the host: cases above this
+    # many elements would take minutes each and are not run.
+    HOST_REFERENCE_LIMIT = 1 << 26
 
     def __init__(self, kernels, torch):
         self.k, self.torch = kernels, torch
@@ -302,7 +694,23 @@ class CudaBackend:
             "float16": torch.float16,
             "bfloat16": torch.bfloat16,
             "float32": torch.float32,
+            "float64": torch.float64,
         }
+        self.cupy, self.cupy_problem = self.probe_cupy()
+        self.xp = np if self.cupy is None else self.cupy
+
+    def probe_cupy(self):
+        """(cupy, None) when CuPy can take a PyTorch tensor and compute on it,
+        else (None, why): a CuPy built for another CUDA imports but fails later."""
+        try:
+            import cupy
+
+            x = cupy.from_dlpack(self.torch.arange(4, dtype=self.torch.float64, device=self.dev))
+            if float(np.where(x > 1, x, 0.0).sum()) != 5.0:
+                return None, "CuPy computed a wrong sum"
+            return cupy, None
+        except Exception as e:  # no CuPy, or one that cannot run here
+            return None, f"{type(e).__name__}: {e}"
 
     def describe(self):
         torch = self.torch
@@ -310,9 +718,18 @@ class CudaBackend:
         return {
             "backend": "cuda",
             "device": p.name,
+            "compute_capability": f"{p.major}.{p.minor}",
+            "multiprocessors": p.multi_processor_count,
             "memory_gib": round(p.total_memory / 2**30, 1),
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
+            "kernels_cuda_runtime": self.k.cuda_runtime_version,
+            "cuda_driver": self.k.cuda_driver_version(),
+            "reference": (
+                f"NumPy on the host (CuPy: {self.cupy_problem})"
+                if self.cupy is None
+                else "CuPy on the device"
+            ),
         }
 
     def stream(self):
@@ -322,37 +739,54 @@ class CudaBackend:
         # The protocol has no bfloat16 typestr: pass the bits with dtype="bfloat16".
         return x.view(self.torch.int16) if x.dtype == self.torch.bfloat16 else x
 
-    def make_inputs(self, case, seed):
-        torch = self.torch
-        gen = torch.Generator(device=self.dev)
+    def generator(self, seed):
+        gen = self.torch.Generator(device=self.dev)
         gen.manual_seed(seed)
-        rows, inner = case.rows_inner
-        dtype = self.t_dtypes[case.dtype]
-        if case.float_mask:
-            u = torch.rand(rows, generator=gen, device=self.dev)
-            w = 0.25 + 1.75 * torch.rand(rows, generator=gen, device=self.dev)
-            m = torch.where(u < 0.3, 0.0, w).to(dtype)
-        else:
-            m = torch.rand(rows, generator=gen, device=self.dev) < 0.7
-        t = torch.empty(case.n, dtype=dtype, device=self.dev)
-        p = torch.empty(case.n, dtype=dtype, device=self.dev)
-        for s, e in chunks(case.n, REF_CHUNK):
-            tc = 3.0 * torch.randn(e - s, generator=gen, device=self.dev)
-            pc = tc + torch.randn(e - s, generator=gen, device=self.dev)
-            tc = torch.where(torch.rand(e - s, generator=gen, device=self.dev) < 0.1, PAD, tc)
-            w = m[torch.arange(s, e, device=self.dev) // inner].float()
-            # Dropped elements hold NaN predictions, zero-weight ones Inf truths.
-            pc = torch.where((w == 0) | (tc == PAD), float("nan"), pc)
-            tc = torch.where(w == 0, float("inf"), tc)
-            t[s:e] = tc.to(dtype)
-            p[s:e] = pc.to(dtype)
-        return Inputs(t, p, m)
+        return gen
+
+    def rand(self, gen, n):
+        return self.torch.rand(n, generator=gen, device=self.dev)
+
+    def randn(self, gen, n):
+        return self.torch.randn(n, generator=gen, device=self.dev)
+
+    def where(self, cond, x, y):
+        return self.torch.where(cond, x, y)
+
+    @staticmethod
+    def as_float(x):
+        return x.float()
+
+    def arange(self, s, e):
+        return self.torch.arange(s, e, device=self.dev, dtype=self.torch.int64)
+
+    def empty_view(self, n, dtype, offset):
+        return self.torch.empty(n + offset, dtype=self.t_dtypes[dtype], device=self.dev)[offset:]
+
+    def cast(self, x, dtype):
+        return x.to(self.t_dtypes[dtype])
+
+    @staticmethod
+    def store(view, s, e, values):
+        view[s:e].copy_(values)
+
+    def f64(self, x):
+        """float64 copy of a tensor as an array of self.xp."""
+        y = x.to(self.torch.float64)
+        return y.cpu().numpy() if self.cupy is None else self.cupy.from_dlpack(y)
+
+    def release(self):
+        # CuPy's pool keeps the reference's blocks, which PyTorch cannot use.
+        if self.cupy is not None:
+            self.cupy.get_default_memory_pool().free_all_blocks()
+        self.torch.cuda.empty_cache()
 
     def memory_allows(self, case):
-        # Blocks PyTorch caches count as used for the driver: release them first.
-        self.torch.cuda.empty_cache()
+        if self.cupy is None and case.n > self.HOST_REFERENCE_LIMIT:
+            return False, "without CuPy the float64 reference would run on the host for minutes"
+        self.release()  # cached blocks count as used for the driver
         free, _ = self.torch.cuda.mem_get_info()
-        item = self.torch.tensor([], dtype=self.t_dtypes[case.dtype]).element_size()
+        item = ITEMSIZE[case.dtype]
         # Inputs, the gradients of two runs, comparison and reference temporaries, slack.
         need = 8 * case.n * item + case.mask_n * 16 + 32 * REF_CHUNK * 8 + (2 << 30)
         if need > free:
@@ -361,11 +795,14 @@ class CudaBackend:
 
     def run(self, case, inp):
         torch, k = self.torch, self.k
-        acc = torch.float32
+        acc = self.t_dtypes[case.acc]
         shape = case.shape
         out = torch.empty(3, dtype=acc, device=self.dev)
         count = torch.empty(1, dtype=torch.int64, device=self.dev)
-        grads = [torch.empty(case.n, dtype=inp.t.dtype, device=self.dev) for _ in range(2)]
+        # Gradients at the offsets of the inputs they belong to: same 16-byte
+        # phase, so the vector path (or the scalar one) is taken as for the inputs.
+        ot, op = case.offsets
+        grads = [self.empty_view(case.n, case.dtype, o) for o in (ot, op)]
         grads.append(torch.empty_like(inp.m) if case.float_mask else None)
         fw = torch.empty(k.forward_workspace_bytes(case.n), dtype=torch.uint8, device=self.dev)
         bw = torch.empty(
@@ -379,12 +816,13 @@ class CudaBackend:
         for g in grads:
             if g is not None:
                 g.fill_(float("nan"))
-        t, p, m = (self.cai(x) for x in (inp.t.view(shape), inp.p.view(shape), inp.m))
-        kw = {"dtype": case.dtype, "stream": self.stream()}
+        t, p = (self.cai(x.view(shape)) for x in (inp.t, inp.p))
+        m = None if inp.m is None else self.cai(inp.m)
+        kw = {"dtype": case.dtype, "stream": self.stream(), **case.loss_kw}
         k.forward_cuda(t, p, m, PAD, case.reduction, out, count, fw, **kw)
         g_views = [
             None if g is None else self.cai(g.view(x.shape))
-            for g, x in zip(grads, (t, p, m), strict=False)
+            for g, x in zip(grads, (inp.t.view(shape), inp.p.view(shape), inp.m), strict=False)
         ]
         k.backward_cuda(upstream, out, t, p, m, PAD, case.reduction, *g_views, bw, **kw)
         torch.cuda.synchronize()
@@ -398,79 +836,228 @@ class CudaBackend:
                 unwritten.append(f"{name} ({int(torch.isnan(g).sum())} NaN left)")
         outputs = tuple(x for x in (out, count, *grads) if x is not None)
         o = out.tolist()
-        return Result((o[0], o[1], o[2]), int(count.item()), tuple(grads), unwritten, outputs)
+        flat = tuple(None if g is None else g.reshape(-1) for g in grads)
+        return Result((o[0], o[1], o[2]), int(count.item()), flat, unwritten, outputs)
 
     def same_bits(self, a, b):
         u8 = self.torch.uint8
         return all(
-            self.torch.equal(x.view(u8), y.view(u8))
+            self.torch.equal(x.reshape(-1).view(u8), y.reshape(-1).view(u8))
             for x, y in zip(a.outputs, b.outputs, strict=False)
         )
 
-    def f64(self, x):
-        return x.to(self.torch.float64)
+    def api_checks(self):
+        """Calls the binding must refuse before launching anything: (name,
+        failure or None) pairs."""
+        torch, k = self.torch, self.k
+        x = torch.ones(1 << 12, device=self.dev)
+        raw = torch.zeros(4 * (1 << 12) + 4, dtype=torch.uint8, device=self.dev)
+        out = torch.empty(3, device=self.dev)
+        count = torch.empty(1, dtype=torch.int64, device=self.dev)
+        ws = torch.empty(k.forward_workspace_bytes(x.numel()), dtype=torch.uint8, device=self.dev)
+        stream = self.stream()
+        # Element-misaligned: one byte into a float32 buffer (16-byte-misaligned
+        # but element-aligned views are exercised by the offset cases).
+        bad = MisalignedView(raw.view(torch.float32), 1)
+        good = x[: bad.__cuda_array_interface__["shape"][0]]
+        checks = [
+            refusal(
+                "element-misaligned y_pred is refused",
+                lambda: k.forward_cuda(
+                    good, bad, None, None, "mean", out, count, ws, stream=stream
+                ),
+                ValueError,
+                "y_pred's device buffer is not aligned to its 4-byte element size",
+            ),
+            # PyTorch tensors name no stream: without stream= the call has no order.
+            refusal(
+                "a call without stream= on PyTorch tensors is refused",
+                lambda: k.forward_cuda(x, x, None, None, "mean", out, count, ws),
+                ValueError,
+                "no stream to launch on",
+            ),
+        ]
+        checks += loss_refusals(
+            k.losses,
+            lambda name, q: k.forward_cuda(
+                x, x, None, None, "mean", out, count, ws, stream=stream, loss_name=name, params=q
+            ),
+        )
+        # The context survived: a valid call still runs and is right.
+        k.forward_cuda(x, x, None, None, "mean", out, count, ws, stream=stream)
+        torch.cuda.synchronize()
+        got = (out.tolist(), int(count.item()))
+        want = ([0.0, 0.0, float(x.numel())], x.numel())
+        checks.append(("a valid call after the refusals", None if got == want else f"{got}"))
+        return checks
 
-    def where(self, cond, x, y):
-        return self.torch.where(cond, x, y)
 
-    def zeros_f64(self, n):
-        return self.torch.zeros(n, dtype=self.torch.float64, device=self.dev)
-
-    def arange(self, s, e):
-        return self.torch.arange(s, e, device=self.dev, dtype=self.torch.int64)
-
-    def index_add(self, acc, index, values):
-        acc.index_add_(0, index, values)
-
-    def examples(self, bad, actual, expected, offset):
-        i = self.torch.nonzero(bad.reshape(-1))[:3].reshape(-1).tolist()
-        return [(j + offset, float(actual[j]), float(expected[j])) for j in i]
+# ---------------------------------------------------------------------------
+# Correctness.
 
 
-def correctness_cases(mode):
-    small = (1, 7, 1023, 2**20 + 3) if mode == "cuda" else (1, 7, 1023, 2**17 + 3)
-    cases = [Case(n, d, m, r) for n in small for d in DTYPES for m in MASKS for r in REDUCTIONS]
-    if mode == "cuda":
-        cases += [Case(2**28, d, m, "mean") for d in DTYPES for m in ("bool", "prefix_float")]
-        cases += [Case(HUGE, "float16", m, "mean") for m in ("bool", "prefix_float")]
+def full_matrix(mode, loss="squared_error", params=()):
+    """Every size, dtype, mask kind and reduction, with prefix rows, segments,
+    offsets and (on the GPU) 2**28 and > 2**31 elements."""
+    cuda = mode == "cuda"
+    kw = {"loss": loss, "params": params}
+    small = (1, 7, 1023, 2**20 + 3) if cuda else (1, 7, 1023, 2**17 + 3)
+    cases = [
+        Case(n, d, m, r, **kw) for n in small for d in DTYPES for m in MASKS for r in REDUCTIONS
+    ]
+    # Prefix rows shorter than a vector or a warp: vectors spanning row ends,
+    # lane groups of 2 to 32 in the mask gradient.
+    rows = 3001 if cuda else 301
+    cases += [
+        Case(rows * inner, d, m, "mean", inner=inner, **kw)
+        for inner in (2, 3, 5, 8, 17, 33)
+        for d in DTYPES
+        for m in ("prefix_bool", "prefix_float")
+    ]
+    # Long rows split into segments whose partials a second kernel adds.
+    long_row = 100_003 if cuda else 20_011
+    cases += [Case(3 * long_row, d, "prefix_float", "sum", inner=long_row, **kw) for d in DTYPES]
+    cases += [Case(2**22 if cuda else 2**18, d, "scalar_float", "mean", **kw) for d in DTYPES]
+    cases += [
+        Case(2**16 + 5, d, m, "mean", offsets=o, **kw)
+        for o in OFFSETS
+        for d in DTYPES
+        for m in ("none", "bool", "float", "prefix_float")
+    ]
+    if cuda:
+        cases += [Case(2**28, d, m, "mean", **kw) for d in DTYPES for m in ("bool", "prefix_float")]
+        cases += [Case(HUGE, "float16", m, "mean", **kw) for m in ("bool", "prefix_float")]
     return cases
 
 
-def run_correctness(be, mode, seed):
+def loss_subset(mode, loss, params):
+    """A representative subset for one loss and parameter set: each dtype and
+    mask kind at two sizes (mean and sum alternating), short and segmented
+    prefix rows, the three offsets, and each dtype above 2**24 elements (where
+    float32 counts and sums stop being exact integers)."""
+    cuda = mode == "cuda"
+    kw = {"loss": loss, "params": params}
+    cases = []
+    for i, n in enumerate((7, 2**20 + 3) if cuda else (7, 2**17 + 3)):
+        for j, d in enumerate(DTYPES):
+            for k, m in enumerate(MASKS):
+                cases.append(Case(n, d, m, REDUCTIONS[(i + j + k) % 2], **kw))
+    rows = 3001 if cuda else 301
+    long_row = 100_003 if cuda else 20_011
+    for j, d in enumerate(DTYPES):
+        for k, inner in enumerate((3, 33)):
+            m = ("prefix_bool", "prefix_float")[(j + k) % 2]
+            cases.append(Case(rows * inner, d, m, REDUCTIONS[k], inner=inner, **kw))
+        cases.append(Case(3 * long_row, d, "prefix_float", "sum", inner=long_row, **kw))
+        for k, o in enumerate(OFFSETS):
+            m = ("none", "bool", "float", "prefix_float")[(j + k) % 4]
+            cases.append(Case(2**16 + 5, d, m, "mean", offsets=o, **kw))
+    rows, inner = (4097, 4099) if cuda else (513, 515)
+    for j, d in enumerate(DTYPES):
+        if j % 2:
+            cases.append(Case(rows * inner, d, "prefix_float", "sum", inner=inner, **kw))
+        else:
+            cases.append(Case(rows * inner, d, "bool", "mean", **kw))
+    return cases
+
+
+def correctness_cases(mode, losses=None):
+    """squared_error's full matrix, then each other loss's subset for each of
+    its parameter sets."""
+    losses = tuple(LOSS_PARAMS) if losses is None else losses
+    cases = []
+    for loss in losses:
+        for params in LOSS_PARAMS[loss]:
+            if loss == "squared_error":
+                cases += full_matrix(mode, loss, params)
+            else:
+                cases += loss_subset(mode, loss, params)
+    return [c for c in cases if valid_case(c)]
+
+
+def coverage(kernels):
+    """(losses to check, records of losses the check cannot cover)."""
     records = []
-    for i, case in enumerate(correctness_cases(mode)):
+    compiled = list(kernels.losses)
+    for loss in compiled:
+        missing = [
+            what
+            for what, table in (
+                ("LOSS_PARAMS", LOSS_PARAMS),
+                ("PEER_FORMULAS", PEER_FORMULAS),
+                ("tests/oracle.py LOSSES", oracle.LOSSES),
+            )
+            if loss not in table
+        ]
+        if missing:
+            why = f"the binding has the loss {loss!r} but {' and '.join(missing)} lack it"
+            records.append({"case": f"{loss} is covered", "status": "fail", "failures": [why]})
+    for loss in LOSS_PARAMS:
+        if loss not in compiled:
+            why = f"{loss!r} is not in the binding's losses {compiled} (a stale build?)"
+            records.append({"case": f"{loss} is compiled", "status": "fail", "failures": [why]})
+    return [x for x in LOSS_PARAMS if x in compiled and x in oracle.LOSSES], records
+
+
+def run_correctness(be, mode, seed, losses, formula_columns=()):
+    records = []
+    for name, failure in be.api_checks():
+        failures = [failure] if failure else []
+        records.append(
+            {"case": name, "status": "fail" if failure else "pass", "failures": failures}
+        )
+    records += check_peer_formulas(formula_columns, [x for x in losses if x in PEER_FORMULAS])
+    for r in records:
+        detail = " ".join(r["failures"]) if r["status"] != "pass" else ""
+        print(f"  {r['status'].upper():8} {r['case']} {detail}", flush=True)
+    for i, case in enumerate(correctness_cases(mode, losses)):
         ok, why = be.memory_allows(case)
         if not ok:
-            records.append({"case": case.name(), "status": "not run", "reason": why})
+            records.append(
+                {"case": case.name(), "loss": case.label, "status": "not run", "reason": why}
+            )
             print(f"  NOT RUN  {case.name()}: {why}", flush=True)
             continue
         started = time.perf_counter()
-        inp = be.make_inputs(case, seed + i)
-        first = be.run(case, inp)
-        second = be.run(case, inp)
-        failures = check_reference(be, case, inp, first)
-        for r in (first, second):
-            failures += [f"not written: {u}" for u in r.unwritten]
-        if not be.same_bits(first, second):
-            failures.append("two identical runs differ bitwise")
+        try:
+            inp = be.make_inputs(case, seed + i)
+            first = be.run(case, inp)
+            second = be.run(case, inp)
+            failures = check_reference(be, case, inp, first)
+            for r in (first, second):
+                failures += [f"not written: {u}" for u in r.unwritten]
+            if not be.same_bits(first, second):
+                failures.append("two identical runs differ bitwise")
+            loss, count = first.out[0], first.count
+        except Exception as e:  # one broken case must not hide the others' results
+            failures, loss, count = [f"raised {type(e).__name__}: {e}"], None, None
         status = "fail" if failures else "pass"
         records.append(
             {
                 "case": case.name(),
+                "loss": case.label,
                 "status": status,
                 "failures": failures,
                 "poisoned": be.poisons,
                 "seconds": round(time.perf_counter() - started, 3),
-                "loss": first.out[0],
-                "count": first.count,
+                "loss_value": loss,
+                "count": count,
             }
         )
-        if failures or case.n > 2**20:
+        if failures or case.n > 2**24:
             print(f"  {status.upper():8} {case.name()}", flush=True)
         for f in failures:
             print(f"           {f}", flush=True)
-        del inp, first, second
+        inp = first = second = None
     return records
+
+
+def per_loss_summary(records):
+    """{loss label: Counter of statuses} for the cases of each loss."""
+    summary = collections.defaultdict(collections.Counter)
+    for r in records:
+        summary[r.get("loss", "checks of the API and the peers")][r["status"]] += 1
+    return summary
 
 
 # ---------------------------------------------------------------------------
@@ -481,12 +1068,25 @@ def median_ms(samples):
     return statistics.median(samples)
 
 
+def check_peer_loss(notes, case, name, peer, fused):
+    """Notes a peer whose loss differs from the fused one: its timing would
+    compare different work."""
+    if not abs(peer - fused) <= 1e-3 * abs(fused) + 1e-6:
+        notes.append(f"{name} ({case.name()}): loss {peer!r} differs from the fused {fused!r}")
+
+
 class HostTimer:
-    """Wall clock on the host path, and NumPy's unfused formula as the peer."""
+    """Wall clock on the host path; the peer is the NumPy-API formula with NumPy."""
 
     def __init__(self, be, reps):
         self.be, self.reps = be, reps
         self.notes = []
+
+    def formula_columns(self):
+        def numpy_column(formula, t, p, params):
+            return np.asarray(formula.array(np, t, p, params), np.float64)
+
+        return [("NumPy-API (jax.numpy's)", numpy_column, False)]
 
     def time(self, fn):
         fn()
@@ -500,20 +1100,22 @@ class HostTimer:
     def paths(self, case, inp):
         k = self.be.k
         t, p, m = inp.t.reshape(case.shape), inp.p.reshape(case.shape), inp.m
-        loss, _, ws, _ = k.forward(t, p, m, PAD, "mean")
+        kw = case.loss_kw
+        loss, _, ws, _ = k.forward(t, p, m, PAD, "mean", **kw)
 
         def fused_fwd():
-            k.forward(t, p, m, PAD, "mean")
+            k.forward(t, p, m, PAD, "mean", **kw)
 
         def fused_bwd():
-            k.backward(1.0, 0.0, 0.0, t, p, m, PAD, float(loss), float(ws), "mean")
+            k.backward(1.0, 0.0, 0.0, t, p, m, PAD, float(loss), float(ws), "mean", **kw)
+
+        unfused = array_masked_loss(np, case)
 
         def numpy_fwd():
-            with np.errstate(invalid="ignore"):
-                w = m.astype(np.float32).reshape(m.shape + (1,) * (t.ndim - m.ndim))
-                keep = (w != 0) & (t != PAD)
-                d = np.where(keep, t.astype(np.float32) - p.astype(np.float32), 0.0)
-                return (w * d * d).sum() / np.where(keep, w, 0.0).sum()
+            with np.errstate(all="ignore"):
+                return unfused(t, p, m)
+
+        check_peer_loss(self.notes, case, "numpy", float(numpy_fwd()), float(loss))
 
         def copy_of(nbytes):
             src = np.ones(nbytes // 2, np.uint8)
@@ -527,14 +1129,45 @@ class HostTimer:
         }, copy_of
 
 
+def import_jax():
+    import jax
+    import jax.dlpack
+    import jax.numpy
+
+    # float64 cases in float64, as the other peers compute them (JAX would
+    # truncate them to float32 otherwise); float32 stays float32.
+    jax.config.update("jax_enable_x64", True)
+    return jax
+
+
 class CudaTimer:
-    """CUDA events around each launch on the current stream (JAX: wall clock
-    with block_until_ready, as it runs on its own streams)."""
+    """CUDA events around each launch on the current stream. JAX runs on its
+    own streams: K calls back to back, then one block_until_ready, per sample."""
+
+    JAX_CALLS = 10
 
     def __init__(self, be, reps, use_compile, use_jax):
         self.be, self.reps = be, reps
         self.use_compile, self.use_jax = use_compile, use_jax
         self.notes = []
+
+    def formula_columns(self):
+        torch, dev = self.be.torch, self.be.dev
+
+        def torch_column(formula, t, p, params):
+            tt, pt = (torch.from_numpy(x).to(dev) for x in (t, p))
+            return formula.torch(torch, tt, pt, params).double().cpu().numpy()
+
+        columns = [("PyTorch", torch_column, False)]
+        if self.use_jax:
+
+            def jax_column(formula, t, p, params):
+                jnp = import_jax().numpy
+                v = formula.array(jnp, jnp.asarray(t), jnp.asarray(p), params)
+                return np.asarray(v, np.float64)
+
+            columns.append(("jax.numpy", jax_column, True))
+        return columns
 
     def time(self, fn):
         torch = self.be.torch
@@ -555,20 +1188,21 @@ class CudaTimer:
         for _ in range(3):
             fn().block_until_ready()
         samples = []
-        for _ in range(self.reps):
+        for _ in range(max(1, self.reps // self.JAX_CALLS)):
             s = time.perf_counter()
+            for _ in range(self.JAX_CALLS - 1):
+                fn()
             fn().block_until_ready()
-            samples.append((time.perf_counter() - s) * 1e3)
+            samples.append((time.perf_counter() - s) * 1e3 / self.JAX_CALLS)
         return median_ms(samples)
 
     def paths(self, case, inp):
         torch, k, be = self.be.torch, self.be.k, self.be
         dev = be.dev
-        shape = case.shape
-        prefix = case.prefix
-        t, p, m = inp.t.view(shape), inp.p.view(shape), inp.m
+        t, p, m = inp.t.view(case.shape), inp.p.view(case.shape), inp.m
         ct, cp, cm = be.cai(t), be.cai(p), be.cai(m)
-        out = torch.empty(3, dtype=torch.float32, device=dev)
+        acc = be.t_dtypes[case.acc]
+        out = torch.empty(3, dtype=acc, device=dev)
         count = torch.empty(1, dtype=torch.int64, device=dev)
         fw = torch.empty(k.forward_workspace_bytes(case.n), dtype=torch.uint8, device=dev)
         bw = torch.empty(
@@ -576,8 +1210,8 @@ class CudaTimer:
         )
         grad = torch.empty_like(p)
         cgrad = be.cai(grad)
-        upstream = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float32, device=dev)
-        kw = {"dtype": case.dtype, "stream": be.stream()}
+        upstream = torch.tensor([1.0, 0.0, 0.0], dtype=acc, device=dev)
+        kw = {"dtype": case.dtype, "stream": be.stream(), **case.loss_kw}
 
         def fused_fwd():
             k.forward_cuda(ct, cp, cm, PAD, "mean", out, count, fw, **kw)
@@ -589,28 +1223,25 @@ class CudaTimer:
             fused_fwd()
             fused_bwd()
 
-        def unfused(t, p, m):
-            w = m.to(torch.float32)
-            if prefix:
-                w = w[:, None]
-            keep = (w != 0) & (t != PAD)
-            d = torch.where(keep, t.to(torch.float32) - p.to(torch.float32), 0.0)
-            total = (w * d * d).sum()
-            ws = torch.where(keep, w, 0.0).sum()
-            return torch.where(ws != 0, total / torch.where(ws != 0, ws, 1.0), 0.0)
-
+        fused_fwd()
+        fused_loss = float(out[0])
+        unfused = torch_masked_loss(torch, case)
         p_req = p.detach().clone().requires_grad_(True)
         paths = {"forward": {"fused": fused_fwd}, "backward": {"fused": fused_bwd}}
         paths["forward+backward"] = {"fused": fused_step}
         peers = [("torch eager", unfused)]
         if self.use_compile:
+            # A fresh compiler state per case: otherwise the recompile limit
+            # makes later cases run eager under the torch.compile label.
+            torch._dynamo.reset()
             peers.append(("torch.compile", torch.compile(unfused, dynamic=False)))
         for name, f in peers:
             try:
                 loss = f(t, p_req, m)
                 torch.autograd.grad(loss, p_req, retain_graph=True)
+                check_peer_loss(self.notes, case, name, float(loss.detach()), fused_loss)
             except Exception as e:  # a peer that cannot run is reported, not fatal
-                self.notes.append(f"{name} ({case.dtype}, {case.mask}): {type(e).__name__}: {e}")
+                self.notes.append(f"{name} ({case.name()}): {type(e).__name__}: {e}")
                 continue
             paths["forward"][name] = lambda f=f: f(t, p, m)
             paths["backward"][name] = lambda loss=loss: torch.autograd.grad(
@@ -618,7 +1249,7 @@ class CudaTimer:
             )
             paths["forward+backward"][name] = lambda f=f: torch.autograd.grad(f(t, p_req, m), p_req)
         if self.use_jax:
-            self.add_jax(paths, t, p, m, prefix)
+            self.add_jax(paths, case, t, p, m, fused_loss)
 
         def copy_of(nbytes):
             src = torch.empty(nbytes // 2, dtype=torch.uint8, device=dev)
@@ -627,91 +1258,143 @@ class CudaTimer:
 
         return paths, copy_of
 
-    def add_jax(self, paths, t, p, m, prefix):
+    def add_jax(self, paths, case, t, p, m, fused_loss):
         try:
-            import jax
-            import jax.numpy as jnp
-
+            jax = import_jax()
+            jnp = jax.numpy
             jt, jp, jm = (jax.dlpack.from_dlpack(x) for x in (t, p, m))
-
-            def loss(t, p, m):
-                w = m.astype(jnp.float32)
-                if prefix:
-                    w = w[:, None]
-                keep = (w != 0) & (t != PAD)
-                d = jnp.where(keep, t.astype(jnp.float32) - p.astype(jnp.float32), 0.0)
-                ws = jnp.where(keep, w, 0.0).sum()
-                return jnp.where(ws != 0, (w * d * d).sum() / jnp.where(ws != 0, ws, 1.0), 0.0)
-
+            loss = array_masked_loss(jnp, case)
             fwd = jax.jit(loss)
             step = jax.jit(jax.value_and_grad(loss, argnums=1))
-            step(jt, jp, jm)[1].block_until_ready()
+            value, grad = step(jt, jp, jm)
+            grad.block_until_ready()
+            check_peer_loss(self.notes, case, "jax.jit", float(value), fused_loss)
         except Exception as e:  # JAX is optional: a failure is reported, not fatal
-            self.notes.append(f"jax.jit: {type(e).__name__}: {e}")
+            self.notes.append(f"jax.jit ({case.name()}): {type(e).__name__}: {e}")
             return
         paths["forward"]["jax.jit"] = ("wall", lambda: fwd(jt, jp, jm))
         paths["forward+backward"]["jax.jit"] = ("wall", lambda: step(jt, jp, jm)[1])
 
 
-def bytes_moved(case, itemsize, mask_itemsize):
-    reads = 2 * case.n * itemsize + case.mask_n * mask_itemsize
-    return {"forward": reads, "backward": reads + case.n * itemsize}
+def timing_cases(mode, losses):
+    """(case, ops) pairs, in the order they are timed: each loss at 2**28
+    float32 elements with a boolean mask first, then the squared error across
+    dtypes and mask kinds (the budget cuts from the end)."""
+    cuda = mode == "cuda"
+    n_loss, n_matrix = (2**28, 2**27) if cuda else (2**22, 2**22)
+    dtypes = DTYPES if cuda else ("float16", "float32")
+    per_loss = ("forward", "forward+backward")
+    cases = [
+        (Case(n_loss, "float32", "bool", "mean", loss=x, params=LOSS_PARAMS[x][0]), per_loss)
+        for x in losses
+    ]
+    if "squared_error" in losses:
+        cases += [
+            (Case(n_matrix, d, m, "mean"), ("forward", "backward", "forward+backward"))
+            for d in dtypes
+            for m in ("bool", "prefix_float")
+            # float32 with a boolean mask is the per-loss case.
+            if (d, m) != ("float32", "bool")
+        ]
+    return cases
+
+
+def bytes_moved(case, inp):
+    """Bytes the fused kernels move: the mask, y_true and y_pred where they are
+    read (rows of a prefix or 0-d mask whose weight is 0 are skipped, elementwise
+    masks read everything), and the gradient of y_pred written."""
+    item = ITEMSIZE[case.dtype]
+    rows, inner = case.rows_inner
+    if inp.m is None:
+        mask_bytes, read = 0, case.n
+    else:
+        mask_item = 1 if case.mask_dtype == "bool" else ITEMSIZE[case.mask_dtype]
+        mask_bytes = case.mask_n * mask_item
+        if case.prefix or case.mask == "scalar_float":
+            read = int((inp.m.reshape(-1) != 0).sum()) * inner
+        else:
+            read = case.n
+    reads = mask_bytes + 2 * item * read
+    return {"forward": reads, "backward": reads + case.n * item}
 
 
 def run_timing(be, timer, cases, seed, deadline):
     rows = []
-    for i, case in enumerate(cases):
+    for i, (case, ops) in enumerate(cases):
         if time.perf_counter() > deadline:
             timer.notes.append(f"{case.name()}: not timed (time budget spent)")
             continue
-        inp = be.make_inputs(case, seed + 1000 + i)
-        paths, copy_of = timer.paths(case, inp)
-        item = ITEMSIZE[case.dtype]
-        mask_item = item if case.float_mask else 1
-        moved = bytes_moved(case, item, mask_item)
+        try:
+            # Clean inputs: the peers' formulas need no guard against NaN under the mask.
+            inp = be.make_inputs(case, seed + 1000 + i, poison=False)
+            paths, copy_of = timer.paths(case, inp)
+        except Exception as e:  # noted; the other cases still run
+            timer.notes.append(f"{case.name()}: not timed ({type(e).__name__}: {e})")
+            continue
+        moved = bytes_moved(case, inp)
         moved["forward+backward"] = moved["forward"] + moved["backward"]
-        for op, impls in paths.items():
-            copy_ms = timer.time(copy_of(moved[op]))
+        for op in ops:
             row = {
                 "op": op,
+                "loss": case.loss,
+                "params": list(case.params),
                 "n": case.n,
                 "dtype": case.dtype,
                 "mask": case.mask,
                 "bytes": moved[op],
-                "copy_ms": copy_ms,
+                "copy_ms": None,
                 "ms": {},
             }
-            for name, fn in impls.items():
-                if time.perf_counter() > deadline and name != "fused":
+            for name, fn in [("copy", copy_of(moved[op])), *paths[op].items()]:
+                if time.perf_counter() > deadline and name not in ("fused", "copy"):
                     timer.notes.append(f"{op} {case.name()} {name}: not timed (time budget spent)")
                     continue
-                if isinstance(fn, tuple):
-                    row["ms"][name] = timer.time_wall(fn[1])
+                try:
+                    if isinstance(fn, tuple):
+                        ms = timer.time_wall(fn[1])
+                    else:
+                        ms = timer.time(fn)
+                except Exception as e:  # one failing peer loses nothing else
+                    timer.notes.append(f"{op} {case.name()} {name}: {type(e).__name__}: {e}")
+                    continue
+                if name == "copy":
+                    row["copy_ms"] = ms
                 else:
-                    row["ms"][name] = timer.time(fn)
+                    row["ms"][name] = ms
             rows.append(row)
-        del inp, paths
+        inp = paths = None
+        be.release()
     return rows
 
 
 def print_table(rows, peers):
-    head = f"{'op':17} {'dtype':9} {'mask':13} {'fused ms':>9} {'GB/s':>7} {'% copy':>7}"
-    head += "".join(f" {'x ' + p:>15}" for p in peers)
+    width = max([4, *(len(r["loss"]) for r in rows)])
+    head = f"{'loss':{width}} {'op':17} {'dtype':9} {'mask':13} {'fused ms':>9} {'GB/s':>7}"
+    head += f" {'% copy':>7}" + "".join(f" {'x ' + p:>15}" for p in peers)
     print(head)
     print("-" * len(head))
     for r in rows:
-        ms = r["ms"]["fused"]
-        gbs = r["bytes"] / ms / 1e6
-        line = f"{r['op']:17} {r['dtype']:9} {r['mask']:13} {ms:9.3f} {gbs:7.1f}"
-        line += f" {100 * r['copy_ms'] / ms:6.1f}%"
+        line = f"{r['loss']:{width}} {r['op']:17} {r['dtype']:9} {r['mask']:13}"
+        ms = r["ms"].get("fused")
+        if ms is None:
+            print(f"{line} {'failed':>9}")
+            continue
+        line += f" {ms:9.3f} {r['bytes'] / ms / 1e6:7.1f}"
+        line += f" {100 * r['copy_ms'] / ms:6.1f}%" if r["copy_ms"] else f" {'-':>7}"
         for p in peers:
             line += f" {r['ms'][p] / ms:15.2f}" if p in r["ms"] else f" {'-':>15}"
         print(line)
     print(
-        "GB/s: bytes the op must move (inputs read, gradient written) / time; % copy: time of a "
-        "copy moving the same bytes (device to device on the GPU) / fused time; x peer: peer "
-        "time / fused time (above 1: fused is faster)."
+        "GB/s: bytes the fused op moves (mask and inputs where read: rows of weight 0 are "
+        "skipped; gradient written) / time; % copy: time of a copy moving the same bytes "
+        "(device to device on the GPU) / fused time; x peer: peer time / fused time (above 1: "
+        "fused is faster). Each loss runs with its first parameter set in LOSS_PARAMS."
     )
+
+
+def write_summary(path, summary):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=1, default=float) + "\n")
 
 
 def main(argv=None):
@@ -731,16 +1414,13 @@ def main(argv=None):
     module_dir = args.module_dir or (
         ROOT / "masked_ops" if args.cpu else ROOT / "build" / "gpu_check" / "out"
     )
+    if oracle is None:
+        fail(f"cannot import tests/oracle.py ({ORACLE_ERROR}): python -m pip install ml_dtypes")
 
     if args.cpu:
         kernels = load_kernels(module_dir)
         be = HostBackend(kernels)
         timer = HostTimer(be, args.reps or 5)
-        timing_cases = [
-            Case(2**22, d, m, "mean")
-            for d in ("float16", "float32")
-            for m in ("bool", "prefix_float")
-        ]
         peers = ["numpy"]
     else:
         try:
@@ -752,27 +1432,32 @@ def main(argv=None):
         kernels = load_kernels(module_dir)
         if not kernels.with_cuda:
             fail(f"the binding in {module_dir} was built without CUDA; run benchmarks/gpu_check.sh")
+        runtime, driver = kernels.cuda_runtime_version, kernels.cuda_driver_version()
+        if driver // 1000 < runtime // 1000:
+            fail(
+                f"the kernels were built with CUDA {runtime // 1000}.{runtime % 1000 // 10} but "
+                f"the driver supports CUDA {driver // 1000}.{driver % 1000 // 10} only: update "
+                f"the driver or rebuild with a CUDA {driver // 1000} nvcc (CUDACXX=... "
+                "benchmarks/gpu_check.sh after removing build/gpu_check)"
+            )
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         use_jax = not args.no_jax and importlib.util.find_spec("jax") is not None
         be = CudaBackend(kernels, torch)
         timer = CudaTimer(be, args.reps or 50, not args.no_compile, use_jax)
-        timing_cases = [Case(2**27, d, m, "mean") for d in DTYPES for m in ("bool", "prefix_float")]
         peers = ["torch eager"] + (["torch.compile"] if not args.no_compile else [])
         peers += ["jax.jit"] if use_jax else []
 
     info = be.describe()
-    print(f"gpu_check ({mode}): {info}, seed {seed}", flush=True)
-    print("correctness (float64 reference, poisoned outputs, bitwise repeatability):", flush=True)
-    records = run_correctness(be, mode, seed)
+    losses, records = coverage(kernels)
+    print(f"gpu_check ({mode}): {info}, seed {seed}, losses {losses}", flush=True)
+    print("correctness (float64 oracle, poisoned outputs, bitwise repeatability):", flush=True)
+    for r in records:
+        print(f"  FAIL     {r['case']}: {r['failures'][0]}", flush=True)
+    records += run_correctness(be, mode, seed, losses, timer.formula_columns())
     passed = sum(r["status"] == "pass" for r in records)
     failed = [r for r in records if r["status"] == "fail"]
     not_run = [r for r in records if r["status"] == "not run"]
     print(f"  {passed} passed, {len(failed)} failed, {len(not_run)} not run", flush=True)
-
-    print("timing ...", flush=True)
-    deadline = time.perf_counter() + args.budget
-    rows = run_timing(be, timer, timing_cases, seed, deadline)
-    notes = timer.notes
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = (
@@ -780,19 +1465,26 @@ def main(argv=None):
         if args.json
         else ROOT / "benchmarks" / "results" / f"gpu_check_{mode}_{stamp}.json"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
     summary = {
         "mode": mode,
         "seed": seed,
         "environment": info,
         "python": platform.python_version(),
         "numpy": np.__version__,
+        "losses": {x: [list(q) for q in LOSS_PARAMS[x]] for x in losses},
         "correctness": records,
-        "timing": rows,
-        "notes": notes,
+        "timing": None,  # written once timed: a crash while timing keeps the above
+        "notes": [],
         "seconds": round(time.perf_counter() - started, 1),
     }
-    path.write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    write_summary(path, summary)
+
+    print("timing ...", flush=True)
+    deadline = time.perf_counter() + args.budget
+    rows = run_timing(be, timer, timing_cases(mode, losses), seed, deadline)
+    notes = timer.notes
+    summary.update(timing=rows, notes=notes, seconds=round(time.perf_counter() - started, 1))
+    write_summary(path, summary)
 
     for n in notes:
         print(f"note: {n}")
@@ -801,6 +1493,8 @@ def main(argv=None):
     for r in not_run:
         print(f"NOT RUN {r['case']}: {r['reason']}")
     print(f"results: {path}")
+    for label, counts in per_loss_summary(records).items():
+        print(f"  {label}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     print(f"correctness: {passed} passed, {len(failed)} failed, {len(not_run)} not run")
     print_table(rows, peers)
     return 1 if failed else 0

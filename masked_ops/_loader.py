@@ -1,7 +1,11 @@
-"""Loads the compiled TensorFlow op library, refusing a missing or stale build."""
+"""Loads the compiled TensorFlow op library, refusing a missing or stale build,
+and tells whether its GPU kernels can run here."""
 
+import ctypes
 import json
 import os
+import threading
+import warnings
 
 import tensorflow as tf
 
@@ -40,3 +44,38 @@ def load_op_library():
 
 
 op_library = load_op_library()
+
+_gpu_lock = threading.Lock()
+_gpu_reason = []  # [reason or None] once decided
+
+
+def _library_gpu_reason():
+    """The library's own decision, made when it loaded: "" when its GPU kernels
+    are registered (or it has none), else why they are not."""
+    try:
+        lib = ctypes.CDLL(LIBRARY_PATH)  # the handle TensorFlow already loaded
+        reason = lib.MaskedOpsGpuKernelsUnavailableReason
+    except (OSError, AttributeError):  # a library built before the check existed
+        return ""
+    reason.restype = ctypes.c_char_p
+    return (reason() or b"").decode()
+
+
+def gpu_kernels_unavailable_reason():
+    """None when the fused ops run wherever TensorFlow puts them; otherwise the
+    reason their GPU kernels cannot run (an NVIDIA driver too old for the CUDA
+    runtime they were built with), warned about once per process.
+
+    In that case the library registered no GPU kernels and TensorFlow sees a
+    GPU, so masked losses must go to the pure-TF formula (masked_ops.reference),
+    which runs on the GPU; without a visible GPU the CPU kernels serve and this
+    is None."""
+    with _gpu_lock:
+        if not _gpu_reason:
+            reason = _library_gpu_reason() or None
+            if reason is not None and not tf.config.list_physical_devices("GPU"):
+                reason = None
+            if reason is not None:
+                warnings.warn(reason, RuntimeWarning, stacklevel=2)
+            _gpu_reason.append(reason)
+        return _gpu_reason[0]

@@ -3,7 +3,7 @@ gradients, and the public functions, all driven by the loss specs."""
 
 import tensorflow as tf
 
-from masked_ops import _inputs, _xla, reference, specs
+from masked_ops import _inputs, _loader, _xla, reference, specs
 from masked_ops._loader import op_library
 from masked_ops.specs import MaskedSums
 
@@ -82,7 +82,9 @@ def fused(spec, y_true, y_pred, mask, padding_value, reduction, params=()):
     params = tuple(float(p) for p in params)
     if len(params) != len(spec.params):
         raise ValueError(f"{spec.name} takes parameters {spec.params}, got {params}")
-    if _xla.use_fallback(spec):
+    # The pure-TF formula where the op cannot run: under XLA without a
+    # lowering, or on a GPU whose driver is too old for the CUDA kernels.
+    if _xla.use_fallback(spec) or _loader.gpu_kernels_unavailable_reason() is not None:
         return reference.masked_loss(spec, y_true, y_pred, mask, padding_value, reduction, params)
     y_true, y_pred, mask, padding, has_padding = _inputs.prepare(
         y_true, y_pred, mask, padding_value

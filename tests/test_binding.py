@@ -508,7 +508,8 @@ def test_cuda_matches_host(dtype, kind):
     workspace = torch.empty(
         kernels.forward_workspace_bytes(t.size), dtype=torch.uint8, device="cuda"
     )
-    kernels.forward_cuda(*dev[:3], None, "mean", out, count, workspace)
+    stream = torch.cuda.current_stream()
+    kernels.forward_cuda(*dev[:3], None, "mean", out, count, workspace, stream=stream)
     upstream = torch.tensor([1.0, 0.0, 0.0], dtype=acc, device="cuda")
     grad_pred = torch.full(p.shape, float("nan"), dtype=dev[1].dtype, device="cuda")
     want_mask = case.mask_is_float
@@ -522,7 +523,7 @@ def test_cuda_matches_host(dtype, kind):
     )
     kernels.backward_cuda(
         upstream, out, *dev[:3], None, "mean", grad_y_pred=grad_pred, grad_mask=grad_mask,
-        workspace=bw_ws,
+        workspace=bw_ws, stream=stream,
     )  # fmt: skip
     torch.cuda.synchronize()
     loss, total, weight_sum, n = kernels.forward(t, p, m)

@@ -13,12 +13,16 @@ import pytest
 from tensorflow.core.framework import types_pb2
 from tensorflow.python.framework import kernels
 
-from masked_ops import _loader
+from masked_ops import _loader, specs
 
-OPS = ("MaskedSquaredError", "MaskedSquaredErrorGrad")
+OPS = [spec.op_type + suffix for spec in specs.LOSSES for suffix in ("", "Grad")]
 INPUT_DTYPES = ("DT_HALF", "DT_BFLOAT16", "DT_FLOAT", "DT_DOUBLE")
 # The kernels take boolean masks and masks of the input dtype; Python converts others.
-EXPECTED_PAIRS = {(t, m) for t in INPUT_DTYPES for m in ("DT_BOOL", t)}
+# Masks: bool, the input dtype, and float32 weights for 16-bit inputs.
+EXPECTED_PAIRS = {(t, m) for t in INPUT_DTYPES for m in ("DT_BOOL", t)} | {
+    ("DT_HALF", "DT_FLOAT"),
+    ("DT_BFLOAT16", "DT_FLOAT"),
+}
 
 
 def _built_with_cuda():
@@ -76,4 +80,4 @@ def test_gpu_kernels_registered_for_every_dtype(op):
     )
     for pair, kernel in registered.items():
         # The scalar padding value is read on the host when the kernels are launched.
-        assert list(kernel.host_memory_arg) == ["padding_value"], f"{op} {pair}"
+        assert list(kernel.host_memory_arg) == ["padding_value", "params"], f"{op} {pair}"

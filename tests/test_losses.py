@@ -251,3 +251,41 @@ def test_specs_ops_and_binding_list_the_same_losses():
     assert library_ops - {"masked_ops_xla_lowered_ops"} == expected
     assert sorted(kernels.losses) == sorted(spec.name for spec in specs.LOSSES)
     assert {case.spec for case in LOSS_CASES} == set(SPECS)
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in LOSS_CASES if c.spec.startswith("binary")], ids=lambda c: c.name
+)
+def test_float32_element_values_are_within_a_few_ulp(case):
+    # With reduction "sum" and only grad_sum = 1 upstream, a float mask of ones
+    # gets each element's value as its gradient: the kernel's float32 math
+    # (vectorized exp/log1p polynomials on the host) element by element.
+    x = np.concatenate(
+        [
+            np.linspace(-100, 100, 20001),
+            [0.0, 1e-30, -1e-30, 1e-8, -1e-8, 88.0, -88.0, 0.5, 1.0 - 1e-7, 1e-7],
+        ]
+    ).astype(np.float32)
+    if case.spec == "binary_crossentropy":
+        x = 1.0 / (1.0 + np.exp(-x.astype(np.float64))).astype(np.float32)
+    for label in (0.0, 1.0, 0.3):
+        t = np.full_like(x, label)
+        ones = np.ones_like(x)
+        _, s, ws, _ = kernels.forward(
+            t, x, ones, None, "sum", loss_name=case.spec, params=case.params
+        )
+        values = kernels.backward(
+            0.0, 1.0, 0.0, t, x, ones, None, s, ws, "sum", False, False, True,
+            loss_name=case.spec, params=case.params,
+        )[2]  # fmt: skip
+        t64, x64 = t.astype(np.float64), x.astype(np.float64)
+        want = case.math("float32").value(t64, x64)
+        # The float32 formula's own rounding is relative to its terms, not to
+        # a result that cancels: |x| for logits, the two logs for probabilities.
+        if case.spec == "binary_crossentropy":
+            c = np.clip(x64, np.float32(1e-7), np.float32(1 - 1e-7))
+            scale = -np.log(c) - np.log1p(-c)
+        else:
+            scale = np.abs(x64) + 1.0
+        err = np.abs(values - want)
+        assert np.all(err <= 4 * np.finfo(np.float32).eps * scale), float(np.max(err / scale))

@@ -1,6 +1,11 @@
-// Non-template parts of the CUDA launchers: device limits, grid and workspace
-// planning, launch error reporting.
-#include <atomic>
+// Non-template parts of the CUDA launchers: occupancy, row planning, workspace
+// sizes, launch error reporting, driver and runtime versions.
+#include <dlfcn.h>
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
 
 #include "masked_loss_cuda.cuh"
 
@@ -9,47 +14,47 @@ namespace cuda {
 namespace detail {
 namespace {
 
-// Resident-block counts of the first devices, 0 until queried. The value of a
-// device never changes, so racing first queries store the same number.
-constexpr int kCachedDevices = 64;
-std::atomic<int64_t> resident_blocks[kCachedDevices];
-
 // Used only when the device cannot be queried; the launch then reports the error.
 constexpr int64_t kFallbackBlocks = 1;
 
-thread_local const char* last_error = "no error";
+thread_local std::string last_error = "no error";
 
-int64_t query_resident_blocks(int device) {
+int64_t query_resident_blocks(const void* kernel, int device) {
   int multiprocessors = 0;
-  int threads_per_multiprocessor = 0;
+  int per_multiprocessor = 0;
   if (cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) !=
           cudaSuccess ||
-      cudaDeviceGetAttribute(&threads_per_multiprocessor, cudaDevAttrMaxThreadsPerMultiProcessor,
-                             device) != cudaSuccess) {
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, kernel, kThreads, 0) !=
+          cudaSuccess) {
+    (void)cudaGetLastError();
     return 0;
   }
-  return int64_t(multiprocessors) * std::max(1, threads_per_multiprocessor / kThreads);
+  return int64_t(multiprocessors) * std::max(1, per_multiprocessor);
 }
 
 }  // namespace
 
-int64_t max_resident_blocks() {
+int64_t resident_blocks(const void* kernel) {
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return kFallbackBlocks;
-  const bool cached = device >= 0 && device < kCachedDevices;
-  if (cached) {
-    const int64_t blocks = resident_blocks[device].load(std::memory_order_relaxed);
-    if (blocks > 0) return blocks;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return kFallbackBlocks;
   }
-  const int64_t blocks = query_resident_blocks(device);
+  // A kernel's occupancy on a device never changes: query it once. The lock is
+  // uncontended after the first launches and costs far less than a launch.
+  static std::mutex mutex;
+  static std::map<std::pair<int, const void*>, int64_t> cache;
+  const std::pair<int, const void*> key(device, kernel);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  const int64_t blocks = query_resident_blocks(kernel, device);
   if (blocks <= 0) return kFallbackBlocks;
-  if (cached) resident_blocks[device].store(blocks, std::memory_order_relaxed);
+  std::lock_guard<std::mutex> lock(mutex);
+  cache.emplace(key, blocks);
   return blocks;
-}
-
-int64_t forward_grid(int64_t n) {
-  if (n <= 0) return 0;
-  return std::min(max_resident_blocks(), ceil_div(n, kThreads * kMinElementsPerThread));
 }
 
 RowPlan row_plan(int64_t n, int64_t mask_n) {
@@ -61,10 +66,9 @@ RowPlan row_plan(int64_t n, int64_t mask_n) {
     return plan;
   }
   plan.group = kWarp;
-  // Few long rows: split them so that about one task per resident warp exists.
-  const int64_t target_tasks = max_resident_blocks() * (kThreads / kWarp);
-  if (mask_n < target_tasks) {
-    const int64_t segments = std::min(ceil_div(target_tasks, mask_n), ceil_div(inner, kMinSegment));
+  // Few long rows: split them until about kRowTasks tasks exist.
+  if (mask_n < kRowTasks) {
+    const int64_t segments = std::min(ceil_div(kRowTasks, mask_n), ceil_div(inner, kMinSegment));
     plan.segment_len = ceil_div(inner, std::max<int64_t>(segments, 1));
     plan.segments = ceil_div(inner, plan.segment_len);
     plan.tasks = mask_n * plan.segments;
@@ -82,13 +86,27 @@ Status launch_status() {
   const cudaError_t error = cudaGetLastError();
   if (error == cudaSuccess) return Status::kOk;
   last_error = cudaGetErrorString(error);
+  const std::string problem = driver_problem(driver_version(), runtime_version());
+  if (error == cudaErrorInsufficientDriver && !problem.empty()) {
+    last_error += ". " + problem;
+  } else if (error == cudaErrorNoKernelImageForDevice) {
+    last_error += "; the kernels were built for CUDA architectures " MASKED_OPS_CUDA_ARCHITECTURES
+                  " only (nvcc 13 cannot target Volta, sm_70, or older): rebuild for this GPU "
+                  "with MASKED_OPS_CUDA_ARCHITECTURES (and a CUDA 12 toolkit for sm_70)";
+  } else if (error == cudaErrorUnsupportedPtxVersion) {
+    last_error +=
+        "; this GPU JIT-compiles the kernels' PTX, which needs a driver supporting CUDA " +
+        cuda_version_string(runtime_version()) +
+        " or newer: update the driver, or rebuild with SASS for this GPU "
+        "(MASKED_OPS_CUDA_ARCHITECTURES=native)";
+  }
   return Status::kLaunchFailed;
 }
 
 }  // namespace detail
 
 size_t forward_workspace_bytes(int64_t n) {
-  return size_t(detail::forward_grid(n)) * sizeof(detail::Partial);
+  return size_t(detail::max_tiles(n)) * sizeof(detail::Partial);
 }
 
 size_t backward_workspace_bytes(int64_t n, int64_t mask_n, bool want_mask) {
@@ -97,7 +115,22 @@ size_t backward_workspace_bytes(int64_t n, int64_t mask_n, bool want_mask) {
   return detail::row_workspace_bytes(detail::row_plan(n, mask_n), mask_n);
 }
 
-const char* last_error_message() { return detail::last_error; }
+const char* last_error_message() { return detail::last_error.c_str(); }
+
+int runtime_version() { return CUDART_VERSION; }
+
+int driver_version() {
+  // Straight from the driver library, as the runtime itself finds it: no
+  // runtime initialization, no context.
+  void* libcuda = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+  if (libcuda == nullptr) return 0;
+  using GetVersion = int (*)(int*);
+  const auto get_version = reinterpret_cast<GetVersion>(dlsym(libcuda, "cuDriverGetVersion"));
+  int version = 0;
+  if (get_version == nullptr || get_version(&version) != 0) version = 0;
+  dlclose(libcuda);
+  return version;
+}
 
 }  // namespace cuda
 }  // namespace masked_ops

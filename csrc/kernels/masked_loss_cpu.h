@@ -243,11 +243,11 @@ acc_t<T> backward_span(const Loss& loss, const T* yt, const T* yp, const M* mask
     } else {
       keep &= w != Acc(0);
     }
-    const Acc aw = k.a * w;
+    const Acc aw = k.times_weight(w);
     if (kTrue) grad_true[i] = from_acc<T>(select_or_zero(keep, aw * loss.grad_true(t, p)));
     if (kPred) grad_pred[i] = from_acc<T>(select_or_zero(keep, aw * loss.grad_pred(t, p)));
     if constexpr (kMask) {
-      const Acc gw = select_or_zero(keep, k.a * loss.value(t, p) + k.b);
+      const Acc gw = select_or_zero(keep, k.weight_gradient(loss.value(t, p)));
       if (kElementwise) {
         grad_mask[i] = from_acc<M>(gw);
       } else {

@@ -2,19 +2,26 @@
 // the declarations in masked_loss_cuda.h). Include only from .cu files; a loss
 // instantiates the launchers with MASKED_OPS_INSTANTIATE_CUDA_LOSS.
 //
-// Forward: one pass in which each thread walks its elements with a grid-stride
-// loop (16-byte loads where the pointers allow), keeps double-precision sums and
-// an exact count, and each block writes one Partial to the workspace; a second
-// one-block kernel adds the partials in a fixed order and writes loss, sum,
-// weight_sum and count. The grid depends only on n and the device, and every
-// reduction has a fixed shape, so repeated runs give identical bits. No atomics,
-// no host synchronization: both launches go on the caller's stream and can be
-// captured in a CUDA graph.
+// Partition: [0, n) is an unaligned scalar head, then "units" (16-byte vectors,
+// or single elements when the pointers do not allow vectors), then a scalar
+// tail. The units are cut into tiles whose size depends on the unit count only
+// (tile_plan); block b takes tile b, and its thread t the units t, t + kThreads,
+// ... of it. How values are grouped and in which order they are added thus
+// depends on n, the mask's shape and the pointers' offsets from a 16-byte
+// boundary, never on the device, its SM count or the grid, and the arithmetic
+// is compiled without contraction (cmake/cuda.cmake), so every GPU gives the
+// same bits.
 //
-// Backward: one elementwise pass writes the wanted gradients. The gradient of a
-// prefix (or 0-d) mask is a sum over each mask entry's elements: groups of lanes
-// own whole rows, or fixed segments of long rows whose partials a second kernel
-// adds in order.
+// Forward: each block reduces its tile into one Partial (per-thread double sums
+// of per-vector float sums, then a fixed-shape block reduction); a one-block
+// kernel adds the tiles' partials in a fixed order and writes loss, sum,
+// weight_sum and count. No atomics, no host synchronization: both launches go
+// on the caller's stream and can be captured in a CUDA graph.
+//
+// Backward: one elementwise pass over the same tiles writes the wanted
+// gradients. The gradient of a prefix (or 0-d) mask is a sum over each mask
+// entry's elements: groups of lanes own whole rows, or fixed segments of long
+// rows whose partials a second kernel adds in order (row_plan: n and mask_n only).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -37,31 +44,141 @@ namespace detail {
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
 constexpr int kVectorBytes = 16;
-// The forward grid gives each thread at least this many elements before it is
-// capped at one full wave of resident blocks.
-constexpr int64_t kMinElementsPerThread = 8;
-// A long row's mask gradient is split into segments of at least this many
-// elements (64 per lane of a warp).
+// Tiles hold at least kMinUnitsPerThread units per thread (loads in flight),
+// and there are at most kMaxTiles of them (the partials the finalize adds).
+// One block per tile: the hardware spreads the blocks over whatever SMs exist.
+constexpr int64_t kMinUnitsPerThread = 4;
+constexpr int64_t kMaxTiles = 16384;
+// Mask-gradient rows longer than a warp are split into segments of at least
+// kMinSegment elements while fewer than kRowTasks tasks exist. kRowTasks is a
+// constant (above the resident warps of current GPUs), not a device query,
+// so the split and hence the bits are the same on every GPU.
 constexpr int64_t kMinSegment = 2048;
+constexpr int64_t kRowTasks = 16384;
 
-// One block's share of the forward.
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// One tile's share of the forward.
 struct Partial {
   double sum;
   double weight_sum;
   long long count;
 };
 
+// ---- partition (host and device) ---------------------------------------------
+
+// Tiles over `units` units: units_per_tile is a multiple of kThreads, so every
+// thread of a full tile gets the same number of units.
+struct TilePlan {
+  int64_t units_per_tile;
+  int64_t tiles;
+};
+
+inline TilePlan tile_plan(int64_t units) {
+  const int64_t per_thread =
+      std::max(kMinUnitsPerThread, ceil_div(std::max<int64_t>(units, 0), kThreads * kMaxTiles));
+  const int64_t per_tile = kThreads * per_thread;
+  return {per_tile, units > 0 ? ceil_div(units, per_tile) : 0};
+}
+
+// Upper bound of tile_plan(units).tiles over every plan of n elements (units
+// <= n whatever the vector width).
+inline int64_t max_tiles(int64_t n) {
+  return n > 0 ? std::min(kMaxTiles, ceil_div(n, kThreads * kMinUnitsPerThread)) : 0;
+}
+
+// How a mask entry is found for element i: one entry for everything (0-d mask
+// or none), one per element, or one per row of `inner` elements.
+enum class MaskMode : int { kConst, kElementwise, kPrefix };
+
+// The elementwise partition of one launch (see the top of this file).
+struct ElementPlan {
+  int64_t n;
+  int64_t inner;  // elements per mask entry (kPrefix)
+  // Elements [0, head) and [tail_begin, n) are scalars handled by tile 0;
+  // num_units units of `width` elements start at head.
+  int64_t head;
+  int64_t num_units;
+  int64_t tail_begin;
+  int64_t units_per_tile;
+  int64_t tiles;
+  // kPrefix: a thread's next unit is kThreads * width elements further, that
+  // is step_rows rows and step_cols elements; tracking the row this way avoids
+  // a 64-bit division per unit.
+  int64_t step_rows;
+  int64_t step_cols;
+};
+
+template <MaskMode kMode>
+MO_HD int64_t mask_index(int64_t i, int64_t inner) {
+  if constexpr (kMode == MaskMode::kConst) {
+    return 0;
+  } else if constexpr (kMode == MaskMode::kElementwise) {
+    return i;
+  } else {
+    return i / inner;
+  }
+}
+
+// Calls visit.scalar(i, mask_index) for the head and tail elements (tile 0
+// only) and visit.unit(i, row, col) for the units of `tile` that `thread`
+// owns, i being the unit's first element and (row, col) its position in the
+// prefix mask's rows (kPrefix only).
+template <MaskMode kMode, int V, class Visit>
+MO_HD void visit_tile(const ElementPlan& p, int64_t tile, int thread, Visit& visit) {
+  if (tile == 0) {
+    if (thread < p.head) visit.scalar(thread, mask_index<kMode>(thread, p.inner));
+    const int64_t t = p.tail_begin + thread;
+    if (t < p.n) visit.scalar(t, mask_index<kMode>(t, p.inner));
+  }
+  const int64_t begin = tile * p.units_per_tile + thread;
+  const int64_t end = std::min(p.num_units, (tile + 1) * p.units_per_tile);
+  if (begin >= end) return;
+  int64_t row = 0, col = 0;
+  if constexpr (kMode == MaskMode::kPrefix) {
+    const int64_t first = p.head + begin * V;
+    row = first / p.inner;
+    col = first - row * p.inner;
+  }
+  for (int64_t u = begin; u < end; u += kThreads) {
+    visit.unit(p.head + u * V, row, col);
+    if constexpr (kMode == MaskMode::kPrefix) {
+      row += p.step_rows;
+      col += p.step_cols;
+      if (col >= p.inner) {
+        col -= p.inner;
+        ++row;
+      }
+    }
+  }
+}
+
+// Walks the V elements of a unit at (row, col) that crosses a row end:
+// on_row(j, r) for the first element j of each row r in the unit.
+template <int V, class F>
+MO_HD void walk_unit_rows(int64_t row, int64_t col, int64_t inner, F&& on_row) {
+  on_row(0, row);
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int j = 1; j < V; ++j) {
+    if (++col == inner) {
+      col = 0;
+      on_row(j, ++row);
+    }
+  }
+}
+
 // Non-template helpers, defined in cuda_common.cu.
 
-// Blocks of kThreads that fit on the current device at once (SMs x blocks per
-// SM), cached per device.
-int64_t max_resident_blocks();
-// Forward grid for n elements; also the number of Partials in the workspace.
-int64_t forward_grid(int64_t n);
+// Blocks of kThreads threads of `kernel` resident at once on the current
+// device (SMs x occupancy), cached per device and kernel.
+int64_t resident_blocks(const void* kernel);
 
 // How the mask gradient of a prefix or 0-d mask is reduced: `group` lanes (a
 // power of two up to a warp) share a task; a task is one segment of one row;
-// each row has `segments` segments of `segment_len` elements.
+// each row has `segments` segments of `segment_len` elements. Depends on n and
+// mask_n only.
 struct RowPlan {
   int group;
   int64_t segments;
@@ -113,27 +230,39 @@ struct WordOf<16> {
   using type = uint4;
 };
 
-// N consecutive elements moved as one load or store.
+constexpr size_t pack_alignment(size_t bytes) {
+  return bytes < size_t(kVectorBytes) ? bytes : size_t(kVectorBytes);
+}
+
+// N consecutive elements moved as one load or store (two for the 32 bytes of
+// eight float32 mask weights of a 16-bit vector).
 template <typename E, int N>
-struct alignas(sizeof(E) * N) Pack {
+struct alignas(pack_alignment(sizeof(E) * N)) Pack {
   E v[N];
 };
 
 template <typename P>
 __device__ __forceinline__ P load(const P* p) {
-  using Word = typename WordOf<sizeof(P)>::type;
-  const Word w = __ldg(reinterpret_cast<const Word*>(p));
+  constexpr size_t kWordBytes = pack_alignment(sizeof(P));
+  constexpr size_t kWords = sizeof(P) / kWordBytes;
+  using Word = typename WordOf<int(kWordBytes)>::type;
+  Word w[kWords];
+#pragma unroll
+  for (size_t k = 0; k < kWords; ++k) w[k] = __ldg(reinterpret_cast<const Word*>(p) + k);
   P out;
-  memcpy(&out, &w, sizeof(P));
+  memcpy(&out, w, sizeof(P));
   return out;
 }
 
 template <typename P>
 __device__ __forceinline__ void store(P* p, const P& value) {
-  using Word = typename WordOf<sizeof(P)>::type;
-  Word w;
-  memcpy(&w, &value, sizeof(P));
-  *reinterpret_cast<Word*>(p) = w;
+  constexpr size_t kWordBytes = pack_alignment(sizeof(P));
+  constexpr size_t kWords = sizeof(P) / kWordBytes;
+  using Word = typename WordOf<int(kWordBytes)>::type;
+  Word w[kWords];
+  memcpy(w, &value, sizeof(P));
+#pragma unroll
+  for (size_t k = 0; k < kWords; ++k) reinterpret_cast<Word*>(p)[k] = w[k];
 }
 
 // 16-bit conversions with the hardware instructions; same rounding (to nearest
@@ -163,7 +292,10 @@ __device__ __forceinline__ void load_vector(const T* y_true, const T* y_pred, in
 
 template <typename T>
 struct DeviceStore {
-  __device__ __forceinline__ static T from(acc_t<T> x) { return T(x); }
+  template <typename X>
+  __device__ __forceinline__ static T from(X x) {
+    return T(x);
+  }
 };
 template <>
 struct DeviceStore<half_t> {
@@ -177,8 +309,8 @@ struct DeviceStore<bfloat16_t> {
     return bfloat16_t{__bfloat16_as_ushort(__float2bfloat16_rn(x))};
   }
 };
-template <typename T>
-__device__ __forceinline__ T store_as(acc_t<T> x) {
+template <typename T, typename X>
+__device__ __forceinline__ T store_as(X x) {
   return DeviceStore<T>::from(x);
 }
 
@@ -211,93 +343,61 @@ __device__ __forceinline__ int64_t grid_threads() { return int64_t(gridDim.x) * 
 
 // ---- elementwise traversal ---------------------------------------------------
 
-// How a mask entry is found for element i: one entry for everything (0-d mask
-// or none), one per element, or one per row of `inner` elements.
-enum class MaskMode : int { kConst, kElementwise, kPrefix };
-
 template <typename T, typename RM>
 struct ElementArgs {
   const T* y_true;
   const T* y_pred;
   const RM* mask;  // null: weight 1 everywhere (kConst only)
-  int64_t n;
-  int64_t inner;  // elements per mask entry (kPrefix)
   acc_t<T> pad;
-  // Elements [0, head) and [tail_begin, n) one at a time, num_vecs vectors of V
-  // elements from head on; head makes every vector access 16-byte aligned.
-  int64_t head;
-  int64_t num_vecs;
-  int64_t tail_begin;
-  // kPrefix: a thread's next vector is grid_threads * V elements further, that
-  // is step_rows rows and step_cols elements; tracking the row this way avoids
-  // a 64-bit division per vector.
-  int64_t step_rows;
-  int64_t step_cols;
+  ElementPlan plan;
 };
 
-// Calls op.vector(i, w) with the V weights of the vector at element i,
-// op.uniform(i, w) when they are all w, and op.scalar(i, w) for the unaligned
-// head and tail, over this thread's share of the elements.
-template <MaskMode kMode, int V, typename Acc, typename T, typename RM, class Op>
-__device__ __forceinline__ void for_each_element(const ElementArgs<T, RM>& a, Op& op) {
-  const int64_t tid = global_thread();
-  const int64_t threads = grid_threads();
-  auto scalar_weight = [&](int64_t i) {
-    if constexpr (kMode == MaskMode::kConst) {
-      return mask_weight<Acc>(a.mask, 0);
-    } else if constexpr (kMode == MaskMode::kElementwise) {
-      return mask_weight<Acc>(a.mask, i);
-    } else {
-      return mask_weight<Acc>(a.mask, i / a.inner);
-    }
-  };
-  if (tid < a.head) op.scalar(tid, scalar_weight(tid));
-  if (tid < a.n - a.tail_begin) op.scalar(a.tail_begin + tid, scalar_weight(a.tail_begin + tid));
+// Turns visit_tile's indices into mask weights for the op: op.vector(i, w)
+// with the V weights of the unit at element i, op.uniform(i, w) when they are
+// all w, op.scalar(i, w) for one element.
+template <MaskMode kMode, int V, typename Acc, typename RM, class Op>
+struct WeightedVisit {
+  const RM* mask;
+  int64_t inner;
+  Acc const_weight;  // kConst
+  Op& op;
 
-  if constexpr (kMode == MaskMode::kConst) {
-    const Acc w = mask_weight<Acc>(a.mask, 0);
-    for (int64_t v = tid; v < a.num_vecs; v += threads) op.uniform(a.head + v * V, w);
-  } else if constexpr (kMode == MaskMode::kElementwise) {
-    for (int64_t v = tid; v < a.num_vecs; v += threads) {
-      const int64_t i = a.head + v * V;
-      const auto m = load(reinterpret_cast<const Pack<RM, V>*>(a.mask + i));
+  __device__ __forceinline__ void scalar(int64_t i, int64_t m) {
+    op.scalar(i, kMode == MaskMode::kConst ? const_weight : mask_weight<Acc>(mask, m));
+  }
+
+  __device__ __forceinline__ void unit(int64_t i, int64_t row, int64_t col) {
+    if constexpr (kMode == MaskMode::kConst) {
+      op.uniform(i, const_weight);
+    } else if constexpr (kMode == MaskMode::kElementwise) {
+      const auto m = load(reinterpret_cast<const Pack<RM, V>*>(mask + i));
       Acc w[V];
 #pragma unroll
       for (int j = 0; j < V; ++j) w[j] = Weight<Acc, RM>::of(m.v[j]);
       op.vector(i, w);
-    }
-  } else {
-    const int64_t first = a.head + tid * V;
-    int64_t row = first / a.inner;
-    int64_t col = first - row * a.inner;
-    for (int64_t v = tid; v < a.num_vecs; v += threads) {
-      const int64_t i = a.head + v * V;
-      if (col + V <= a.inner) {
-        op.uniform(i, mask_weight<Acc>(a.mask, row));
-      } else {
-        // The vector crosses one or more row ends.
-        Acc w[V];
-        int64_t r = row, c = col;
-        Acc wr = mask_weight<Acc>(a.mask, r);
+    } else if (col + V <= inner) {
+      op.uniform(i, mask_weight<Acc>(mask, row));
+    } else {
+      // The unit crosses one or more row ends: one load per row it touches.
+      Acc w[V];
+      walk_unit_rows<V>(row, col, inner, [&](int j, int64_t r) {
+        const Acc wr = mask_weight<Acc>(mask, r);
 #pragma unroll
-        for (int j = 0; j < V; ++j) {
-          if (c == a.inner) {
-            c = 0;
-            wr = mask_weight<Acc>(a.mask, ++r);
-          }
-          w[j] = wr;
-          ++c;
+        for (int k = 0; k < V; ++k) {
+          if (k >= j) w[k] = wr;
         }
-        op.vector(i, w);
-      }
-      row += a.step_rows;
-      col += a.step_cols;
-      if (col >= a.inner) {
-        col -= a.inner;
-        ++row;
-      }
+      });
+      op.vector(i, w);
     }
   }
+};
+
+// Runs op over the elements of tile blockIdx.x that this thread owns.
+template <MaskMode kMode, int V, typename Acc, typename T, typename RM, class Op>
+__device__ __forceinline__ void for_each_element(const ElementArgs<T, RM>& a, Op& op) {
+  WeightedVisit<kMode, V, Acc, RM, Op> visit{
+      a.mask, a.plan.inner, kMode == MaskMode::kConst ? mask_weight<Acc>(a.mask, 0) : Acc(0), op};
+  visit_tile<kMode, V>(a.plan, int64_t(blockIdx.x), int(threadIdx.x), visit);
 }
 
 // ---- reductions --------------------------------------------------------------
@@ -311,6 +411,7 @@ __device__ __forceinline__ X warp_sum(X x) {
 }
 
 // Fixed-shape block reduction of a Partial; the result is valid in thread 0.
+// Called once per block (its shared memory is not reused).
 __device__ __forceinline__ Partial block_sum(Partial p) {
   __shared__ double sums[kThreads / kWarp];
   __shared__ double weight_sums[kThreads / kWarp];
@@ -343,6 +444,7 @@ __device__ __forceinline__ Partial block_sum(Partial p) {
 template <class Loss, typename T, bool kBinary, int V>
 struct ForwardOp {
   using Acc = acc_t<T>;
+  Loss loss;
   const T* y_true;
   const T* y_pred;
   Acc pad;
@@ -356,7 +458,7 @@ struct ForwardOp {
 #pragma unroll
     for (int j = 0; j < len; ++j) {
       const bool keep = (w[j] != Acc(0)) && (t[j] != pad);
-      const Acc value = kBinary ? Loss::value(t[j], p[j]) : Loss::value(t[j], p[j]) * w[j];
+      const Acc value = kBinary ? loss.value(t[j], p[j]) : loss.value(t[j], p[j]) * w[j];
       s += keep ? value : Acc(0);
       if (!kBinary) ws += keep ? w[j] : Acc(0);
       c += keep ? 1 : 0;
@@ -381,24 +483,26 @@ struct ForwardOp {
   }
 
   __device__ __forceinline__ void scalar(int64_t i, Acc w) {
+    if (w == Acc(0)) return;
     const Acc t = load_acc(load(y_true + i));
     const Acc p = load_acc(load(y_pred + i));
     add(&t, &p, &w, 1);
   }
 };
 
+// One block per tile: the tile's Partial goes to partials[blockIdx.x].
 template <class Loss, typename T, typename RM, MaskMode kMode, int V>
 __global__ void __launch_bounds__(kThreads)
-    forward_kernel(const ElementArgs<T, RM> a, Partial* __restrict__ partials) {
+    forward_kernel(const Loss loss, const ElementArgs<T, RM> a, Partial* __restrict__ partials) {
   constexpr bool kBinary = std::is_same<RM, uint8_t>::value;
-  ForwardOp<Loss, T, kBinary, V> op{a.y_true, a.y_pred, a.pad};
+  ForwardOp<Loss, T, kBinary, V> op{loss, a.y_true, a.y_pred, a.pad};
   for_each_element<kMode, V, acc_t<T>>(a, op);
   Partial p{op.sum, kBinary ? double(op.count) : op.weight_sum, op.count};
   p = block_sum(p);
   if (threadIdx.x == 0) partials[blockIdx.x] = p;
 }
 
-// Adds the per-block partials in a fixed order; with none (n == 0) it writes zeros.
+// Adds the tiles' partials in a fixed order; with none (n == 0) it writes zeros.
 template <typename Acc>
 __global__ void __launch_bounds__(kThreads)
     finalize_kernel(const Partial* __restrict__ partials, int64_t num_partials, Reduction reduction,
@@ -425,6 +529,7 @@ __global__ void __launch_bounds__(kThreads)
 template <class Loss, typename T, typename RM, int V>
 struct BackwardOp {
   using Acc = acc_t<T>;
+  Loss loss;
   const T* y_true;
   const T* y_pred;
   Acc pad;
@@ -440,11 +545,11 @@ struct BackwardOp {
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const bool keep = (w[j] != Acc(0)) && (t[j] != pad);
-      const Acc aw = k.a * w[j];
-      gt.v[j] = store_as<T>(keep ? aw * Loss::grad_true(t[j], p[j]) : Acc(0));
-      gp.v[j] = store_as<T>(keep ? aw * Loss::grad_pred(t[j], p[j]) : Acc(0));
+      const Acc aw = k.times_weight(w[j]);
+      gt.v[j] = store_as<T>(keep ? aw * loss.grad_true(t[j], p[j]) : Acc(0));
+      gp.v[j] = store_as<T>(keep ? aw * loss.grad_pred(t[j], p[j]) : Acc(0));
       if constexpr (!std::is_same<RM, uint8_t>::value) {
-        gm.v[j] = store_as<RM>(keep ? k.a * Loss::value(t[j], p[j]) + k.b : Acc(0));
+        gm.v[j] = store_as<RM>(keep ? k.weight_gradient(loss.value(t[j], p[j])) : Acc(0));
       }
     }
     if (grad_true != nullptr) store(reinterpret_cast<Pack<T, N>*>(grad_true + i), gt);
@@ -476,6 +581,11 @@ struct BackwardOp {
   }
 
   __device__ __forceinline__ void scalar(int64_t i, Acc w) {
+    const Acc zero = Acc(0);
+    if (w == Acc(0)) {
+      write<1>(i, &zero, &zero, &w);
+      return;
+    }
     const Acc t = load_acc(load(y_true + i));
     const Acc p = load_acc(load(y_pred + i));
     write<1>(i, &t, &p, &w);
@@ -484,19 +594,20 @@ struct BackwardOp {
 
 template <class Loss, typename T, typename RM, MaskMode kMode, int V>
 __global__ void __launch_bounds__(kThreads)
-    backward_kernel(const ElementArgs<T, RM> a, const BackwardScalars<acc_t<T>> scalars,
-                    Reduction reduction, T* grad_true, T* grad_pred, RM* grad_mask) {
+    backward_kernel(const Loss loss, const ElementArgs<T, RM> a,
+                    const BackwardScalars<acc_t<T>> scalars, Reduction reduction, T* grad_true,
+                    T* grad_pred, RM* grad_mask) {
   BackwardOp<Loss, T, RM, V> op{
-      a.y_true,  a.y_pred,  a.pad,    load_coefficients(scalars, reduction),
+      loss,      a.y_true,  a.y_pred, a.pad, load_coefficients(scalars, reduction),
       grad_true, grad_pred, grad_mask};
   for_each_element<kMode, V, acc_t<T>>(a, op);
 }
 
-template <typename T>
+template <typename T, typename M>
 struct RowArgs {
   const T* y_true;
   const T* y_pred;
-  const T* mask;  // null: weight 1
+  const M* mask;  // null: weight 1
   int64_t inner;
   acc_t<T> pad;
   RowPlan plan;
@@ -505,13 +616,15 @@ struct RowArgs {
 // Gradients of a prefix or 0-d floating-point mask (and of y_true/y_pred on the
 // way). Each group of plan.group lanes takes one task (a segment of a row) at a
 // time; the loop bound is the same for the whole warp so every lane reaches the
-// shuffles. A row in one segment writes grad_mask directly, otherwise its
-// segment sums go to `partials` for row_combine_kernel.
-template <class Loss, typename T>
+// shuffles. Each lane adds its elements in double, like the forward's totals.
+// A row in one segment writes grad_mask directly, otherwise its segment sums
+// go to `partials` for row_combine_kernel. Which lane adds which element
+// depends on the plan only, not on the grid.
+template <class Loss, typename T, typename M>
 __global__ void __launch_bounds__(kThreads)
-    row_backward_kernel(const RowArgs<T> a, const BackwardScalars<acc_t<T>> scalars,
-                        Reduction reduction, T* grad_true, T* grad_pred, T* grad_mask,
-                        double* __restrict__ partials) {
+    row_backward_kernel(const Loss loss, const RowArgs<T, M> a,
+                        const BackwardScalars<acc_t<T>> scalars, Reduction reduction, T* grad_true,
+                        T* grad_pred, M* grad_mask, double* __restrict__ partials) {
   using Acc = acc_t<T>;
   const GradCoefficients<Acc> k = load_coefficients(scalars, reduction);
   const int group = a.plan.group;
@@ -523,7 +636,7 @@ __global__ void __launch_bounds__(kThreads)
        warp_task < a.plan.tasks; task += groups, warp_task += groups) {
     const bool active = task < a.plan.tasks;
     const int64_t row = segments == 1 ? task : task / segments;
-    Acc acc = Acc(0);
+    double total = 0.0;
     if (active) {
       const int64_t segment = task - row * segments;
       const int64_t row_begin = row * a.inner;
@@ -532,28 +645,27 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t end = row_begin + (seg_end < a.inner ? seg_end : a.inner);
       const Acc w = mask_weight<Acc>(a.mask, row);
       const bool live = w != Acc(0);
-      const Acc aw = k.a * w;
+      const Acc aw = k.times_weight(w);
       for (int64_t i = begin + lane; i < end; i += group) {
         // A row of weight 0 keeps nothing: its inputs need not be read.
         const Acc t = live ? load_acc(load(a.y_true + i)) : Acc(0);
         const Acc p = live ? load_acc(load(a.y_pred + i)) : Acc(0);
         const bool keep = live && t != a.pad;
         if (grad_true != nullptr) {
-          grad_true[i] = store_as<T>(keep ? aw * Loss::grad_true(t, p) : Acc(0));
+          grad_true[i] = store_as<T>(keep ? aw * loss.grad_true(t, p) : Acc(0));
         }
         if (grad_pred != nullptr) {
-          grad_pred[i] = store_as<T>(keep ? aw * Loss::grad_pred(t, p) : Acc(0));
+          grad_pred[i] = store_as<T>(keep ? aw * loss.grad_pred(t, p) : Acc(0));
         }
-        acc += keep ? k.a * Loss::value(t, p) + k.b : Acc(0);
+        total += keep ? double(k.weight_gradient(loss.value(t, p))) : 0.0;
       }
     }
-    double total = double(acc);
     for (int offset = group / 2; offset > 0; offset /= 2) {
       total += __shfl_down_sync(0xffffffffu, total, offset, group);
     }
     if (active && lane == 0) {
       if (segments == 1) {
-        grad_mask[row] = store_as<T>(Acc(total));
+        grad_mask[row] = store_as<M>(Acc(total));
       } else {
         partials[task] = total;
       }
@@ -562,16 +674,16 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // One block per row adds the row's segment sums in a fixed order.
-template <typename T>
+template <typename T, typename M>
 __global__ void __launch_bounds__(kThreads)
     row_combine_kernel(const double* __restrict__ partials, int64_t rows, int64_t segments,
-                       T* grad_mask) {
+                       M* grad_mask) {
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     Partial p{0.0, 0.0, 0};
     for (int64_t s = threadIdx.x; s < segments; s += kThreads)
       p.sum += partials[row * segments + s];
     p = block_sum(p);
-    if (threadIdx.x == 0) grad_mask[row] = store_as<T>(acc_t<T>(p.sum));
+    if (threadIdx.x == 0) grad_mask[row] = store_as<M>(acc_t<T>(p.sum));
     __syncthreads();  // block_sum's shared memory is reused by the next row
   }
 }
@@ -582,49 +694,51 @@ inline bool aligned_at(const void* p, int64_t offset_bytes, size_t alignment) {
   return p == nullptr || (reinterpret_cast<uintptr_t>(p) + uint64_t(offset_bytes)) % alignment == 0;
 }
 
-// Splits [0, n) into a scalar head, aligned vectors of V elements and a scalar
-// tail. Vectors need y_true, y_pred and the outputs at the same offset from a
-// 16-byte boundary, and an elementwise mask (and its gradient) aligned to V
-// entries; otherwise everything goes one element at a time (vectorized = false).
-template <typename T, typename RM>
-bool plan_vectors(ElementArgs<T, RM>& a, bool elementwise_mask, const void* out_a,
-                  const void* out_b, const void* out_mask) {
-  constexpr int V = kVectorBytes / int(sizeof(T));
-  const uintptr_t base = reinterpret_cast<uintptr_t>(a.y_true);
-  bool ok = base % sizeof(T) == 0;
-  const int64_t head =
-      ok ? int64_t((kVectorBytes - base % kVectorBytes) % kVectorBytes / sizeof(T)) : 0;
-  ok = ok && head + V <= a.n;
-  const int64_t head_bytes = head * int64_t(sizeof(T));
-  ok = ok && aligned_at(a.y_pred, head_bytes, kVectorBytes) &&
-       aligned_at(out_a, head_bytes, kVectorBytes) && aligned_at(out_b, head_bytes, kVectorBytes);
-  if (elementwise_mask) {
-    const int64_t mask_head_bytes = head * int64_t(sizeof(RM));
-    ok = ok && aligned_at(a.mask, mask_head_bytes, V * sizeof(RM)) &&
-         aligned_at(out_mask, mask_head_bytes, V * sizeof(RM));
-  }
-  if (ok) {
-    a.head = head;
-    a.num_vecs = (a.n - head) / V;
-  } else {
-    a.head = 0;
-    a.num_vecs = a.n;
-  }
-  a.tail_begin = a.head + a.num_vecs * (ok ? V : 1);
-  return ok;
-}
-
-inline void plan_row_steps(int64_t grid, int vector, int64_t inner, int64_t* rows, int64_t* cols) {
-  const int64_t step = grid * kThreads * vector;
-  *rows = inner > 0 ? step / inner : 0;
-  *cols = inner > 0 ? step % inner : 0;
-}
-
 template <typename T, typename M>
 MaskMode mask_mode(const MaskedInputs<T, M>& in) {
   if (in.mask != nullptr && in.mask_n == in.n) return MaskMode::kElementwise;
   if (in.mask == nullptr || in.mask_n == 1) return MaskMode::kConst;
   return MaskMode::kPrefix;
+}
+
+// The partition of n elements (pointers already checked to be element-aligned).
+// Vectors need y_true, y_pred and the outputs at the same offset from a 16-byte
+// boundary, and an elementwise mask (and its gradient) aligned for a pack of
+// V entries; otherwise every unit is one element (*vectorized = false).
+template <typename T, typename RM>
+ElementPlan plan_elements(const T* y_true, const T* y_pred, const RM* mask, int64_t n,
+                          int64_t inner, MaskMode mode, const void* out_a, const void* out_b,
+                          const void* out_mask, bool* vectorized) {
+  constexpr int V = kVectorBytes / int(sizeof(T));
+  const uintptr_t base = reinterpret_cast<uintptr_t>(y_true);
+  const int64_t head = int64_t((kVectorBytes - base % kVectorBytes) % kVectorBytes / sizeof(T));
+  const int64_t head_bytes = head * int64_t(sizeof(T));
+  bool ok = head + V <= n && aligned_at(y_pred, head_bytes, kVectorBytes) &&
+            aligned_at(out_a, head_bytes, kVectorBytes) &&
+            aligned_at(out_b, head_bytes, kVectorBytes);
+  if (mode == MaskMode::kElementwise) {
+    const int64_t mask_head_bytes = head * int64_t(sizeof(RM));
+    const size_t pack = pack_alignment(V * sizeof(RM));
+    ok = ok && aligned_at(mask, mask_head_bytes, pack) &&
+         aligned_at(out_mask, mask_head_bytes, pack);
+  }
+  const int width = ok ? V : 1;
+  ElementPlan p{};
+  p.n = n;
+  p.inner = inner;
+  p.head = ok ? head : 0;
+  p.num_units = ok ? (n - head) / V : n;
+  p.tail_begin = p.head + p.num_units * width;
+  const TilePlan tiles = tile_plan(p.num_units);
+  p.units_per_tile = tiles.units_per_tile;
+  p.tiles = tiles.tiles;
+  if (mode == MaskMode::kPrefix && inner > 0) {
+    const int64_t step = int64_t(kThreads) * width;
+    p.step_rows = step / inner;
+    p.step_cols = step % inner;
+  }
+  *vectorized = ok;
+  return p;
 }
 
 // Calls f(mode, vector width) with both as compile-time constants.
@@ -651,60 +765,71 @@ void dispatch(MaskMode mode, bool vectorized, F&& f) {
 }
 
 template <typename T, typename M>
-ElementArgs<T, raw_mask_t<M>> element_args(const MaskedInputs<T, M>& in) {
-  ElementArgs<T, raw_mask_t<M>> a{};
+ElementArgs<T, raw_mask_t<M>> element_args(const MaskedInputs<T, M>& in, MaskMode mode,
+                                           const void* out_a, const void* out_b,
+                                           const void* out_mask, bool* vectorized) {
+  using RM = raw_mask_t<M>;
+  ElementArgs<T, RM> a{};
   a.y_true = in.y_true;
   a.y_pred = in.y_pred;
-  a.mask = reinterpret_cast<const raw_mask_t<M>*>(in.mask);
-  a.n = in.n;
-  a.inner = in.inner();
+  a.mask = reinterpret_cast<const RM*>(in.mask);
   a.pad = acc_t<T>(in.padding_value);
+  a.plan = plan_elements(in.y_true, in.y_pred, a.mask, in.n, in.inner(), mode, out_a, out_b,
+                         out_mask, vectorized);
   return a;
 }
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline bool aligned_to(const void* p, size_t alignment) {
+  return reinterpret_cast<uintptr_t>(p) % alignment == 0;
+}
 
 }  // namespace detail
 
 // ---- launchers ---------------------------------------------------------------
 
 template <class Loss, class T, class M>
-Status forward(const MaskedInputs<T, M>& in, Reduction reduction, void* workspace,
-               size_t workspace_bytes, acc_t<T>* loss, acc_t<T>* sum, acc_t<T>* weight_sum,
-               int64_t* count, cudaStream_t stream) {
+Status forward(const Loss& loss_fn, const MaskedInputs<T, M>& in, Reduction reduction,
+               void* workspace, size_t workspace_bytes, acc_t<T>* loss, acc_t<T>* sum,
+               acc_t<T>* weight_sum, int64_t* count, cudaStream_t stream) {
   using namespace detail;
   using RM = raw_mask_t<M>;
   if (!in.valid_shape()) return Status::kBadShape;
-  const int64_t grid = forward_grid(in.n);
-  if (workspace_bytes < size_t(grid) * sizeof(Partial)) return Status::kWorkspaceTooSmall;
+  // A misaligned load faults and takes the CUDA context down with it.
+  if (!in.aligned() || !is_aligned(loss) || !is_aligned(sum) || !is_aligned(weight_sum) ||
+      !is_aligned(count) || !aligned_to(workspace, alignof(Partial))) {
+    return Status::kMisaligned;
+  }
+  if (workspace_bytes < forward_workspace_bytes(in.n)) return Status::kWorkspaceTooSmall;
   Partial* partials = static_cast<Partial*>(workspace);
+  const MaskMode mode = mask_mode(in);
+  bool vectorized = false;
+  const ElementArgs<T, RM> a = element_args(in, mode, nullptr, nullptr, nullptr, &vectorized);
   clear_launch_error();
-  if (in.n > 0) {
-    ElementArgs<T, RM> a = element_args(in);
-    const MaskMode mode = mask_mode(in);
-    const bool vectorized =
-        plan_vectors(a, mode == MaskMode::kElementwise, nullptr, nullptr, nullptr);
+  if (a.plan.tiles > 0) {
     constexpr int V = kVectorBytes / int(sizeof(T));
-    if (mode == MaskMode::kPrefix) {
-      plan_row_steps(grid, vectorized ? V : 1, a.inner, &a.step_rows, &a.step_cols);
-    }
     dispatch<V>(mode, vectorized, [&](auto m, auto v) {
       forward_kernel<Loss, T, RM, decltype(m)::value, decltype(v)::value>
-          <<<unsigned(grid), kThreads, 0, stream>>>(a, partials);
+          <<<unsigned(a.plan.tiles), kThreads, 0, stream>>>(loss_fn, a, partials);
     });
   }
   finalize_kernel<acc_t<T>>
-      <<<1, kThreads, 0, stream>>>(partials, grid, reduction, loss, sum, weight_sum, count);
+      <<<1, kThreads, 0, stream>>>(partials, a.plan.tiles, reduction, loss, sum, weight_sum, count);
   return launch_status();
 }
 
 template <class Loss, class T, class M>
-Status backward(const MaskedInputs<T, M>& in, Reduction reduction,
+Status backward(const Loss& loss, const MaskedInputs<T, M>& in, Reduction reduction,
                 const BackwardScalars<acc_t<T>>& scalars, T* grad_true, T* grad_pred, M* grad_mask,
                 void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   using namespace detail;
   using RM = raw_mask_t<M>;
   if (!in.valid_shape()) return Status::kBadShape;
+  if (!in.aligned() || !is_aligned(grad_true) || !is_aligned(grad_pred) || !is_aligned(grad_mask) ||
+      !is_aligned(scalars.grad_loss) || !is_aligned(scalars.grad_sum) ||
+      !is_aligned(scalars.grad_weight_sum) || !is_aligned(scalars.loss) ||
+      !is_aligned(scalars.weight_sum) || !aligned_to(workspace, alignof(double))) {
+    return Status::kMisaligned;
+  }
   RM* mask_out = nullptr;
   if constexpr (!std::is_same<M, bool>::value) mask_out = grad_mask;
   if (grad_true == nullptr && grad_pred == nullptr && mask_out == nullptr) return Status::kOk;
@@ -718,36 +843,35 @@ Status backward(const MaskedInputs<T, M>& in, Reduction reduction,
       }
       if (plan.tasks == 0) return Status::kOk;
       clear_launch_error();
-      RowArgs<T> a{in.y_true, in.y_pred, in.mask, in.inner(), acc_t<T>(in.padding_value), plan};
-      const int64_t grid =
-          std::min(max_resident_blocks(), ceil_div(plan.tasks * plan.group, kThreads));
+      const RowArgs<T, M> a{in.y_true, in.y_pred, in.mask, in.inner(), acc_t<T>(in.padding_value),
+                            plan};
+      const auto row_kernel = row_backward_kernel<Loss, T, M>;
+      const int64_t grid = std::min(resident_blocks(reinterpret_cast<const void*>(row_kernel)),
+                                    ceil_div(plan.tasks * plan.group, kThreads));
       double* partials = static_cast<double*>(workspace);
-      row_backward_kernel<Loss, T><<<unsigned(grid), kThreads, 0, stream>>>(
-          a, scalars, reduction, grad_true, grad_pred, grad_mask, partials);
+      row_kernel<<<unsigned(grid), kThreads, 0, stream>>>(loss, a, scalars, reduction, grad_true,
+                                                          grad_pred, grad_mask, partials);
       if (plan.segments > 1) {
-        row_combine_kernel<T>
-            <<<unsigned(std::min(in.mask_n, max_resident_blocks())), kThreads, 0, stream>>>(
-                partials, in.mask_n, plan.segments, grad_mask);
+        const auto combine = row_combine_kernel<T, M>;
+        const int64_t blocks =
+            std::min(in.mask_n, resident_blocks(reinterpret_cast<const void*>(combine)));
+        combine<<<unsigned(blocks), kThreads, 0, stream>>>(partials, in.mask_n, plan.segments,
+                                                           grad_mask);
       }
       return launch_status();
     }
   }
 
   if (in.n == 0) return Status::kOk;
-  clear_launch_error();
-  ElementArgs<T, RM> a = element_args(in);
   const MaskMode mode = mask_mode(in);
-  const bool vectorized =
-      plan_vectors(a, mode == MaskMode::kElementwise, grad_true, grad_pred, mask_out);
+  bool vectorized = false;
+  const ElementArgs<T, RM> a = element_args(in, mode, grad_true, grad_pred, mask_out, &vectorized);
+  clear_launch_error();
   constexpr int V = kVectorBytes / int(sizeof(T));
-  const int64_t grid = std::min(max_resident_blocks(), ceil_div(a.num_vecs, kThreads));
-  if (mode == MaskMode::kPrefix) {
-    plan_row_steps(grid, vectorized ? V : 1, a.inner, &a.step_rows, &a.step_cols);
-  }
   dispatch<V>(mode, vectorized, [&](auto m, auto v) {
     backward_kernel<Loss, T, RM, decltype(m)::value, decltype(v)::value>
-        <<<unsigned(grid), kThreads, 0, stream>>>(a, scalars, reduction, grad_true, grad_pred,
-                                                  mask_out);
+        <<<unsigned(a.plan.tiles), kThreads, 0, stream>>>(loss, a, scalars, reduction, grad_true,
+                                                          grad_pred, mask_out);
   });
   return launch_status();
 }
@@ -755,27 +879,35 @@ Status backward(const MaskedInputs<T, M>& in, Reduction reduction,
 }  // namespace cuda
 }  // namespace masked_ops
 
-// Explicit instantiations of the launchers for one loss, every input dtype and
-// the two mask dtypes the kernels take (bool and the input dtype). Use at global
-// scope: MASKED_OPS_INSTANTIATE_CUDA_LOSS(::masked_ops::SomeLoss);
+// Explicit instantiations of the launchers for one loss, every input dtype T
+// and the mask dtypes the kernels take: bool, T, and T's accumulator dtype
+// (float32 weights for 16-bit inputs). Use at global scope:
+// MASKED_OPS_INSTANTIATE_CUDA_LOSS(::masked_ops::SomeLoss);
 #define MASKED_OPS_INSTANTIATE_CUDA_LOSS_TM(LOSS, T, M)                                         \
-  template Status forward<LOSS, T, M>(const MaskedInputs<T, M>&, Reduction, void*, size_t,      \
-                                      acc_t<T>*, acc_t<T>*, acc_t<T>*, int64_t*, cudaStream_t); \
-  template Status backward<LOSS, T, M>(const MaskedInputs<T, M>&, Reduction,                    \
+  template Status forward<LOSS, T, M>(const LOSS&, const MaskedInputs<T, M>&, Reduction, void*, \
+                                      size_t, acc_t<T>*, acc_t<T>*, acc_t<T>*, int64_t*,        \
+                                      cudaStream_t);                                            \
+  template Status backward<LOSS, T, M>(const LOSS&, const MaskedInputs<T, M>&, Reduction,       \
                                        const BackwardScalars<acc_t<T>>&, T*, T*, M*, void*,     \
                                        size_t, cudaStream_t)
 
+// M in {bool, T}: float32 and float64 inputs, whose accumulator is T itself.
 #define MASKED_OPS_INSTANTIATE_CUDA_LOSS_T(LOSS, T)   \
   MASKED_OPS_INSTANTIATE_CUDA_LOSS_TM(LOSS, T, bool); \
   MASKED_OPS_INSTANTIATE_CUDA_LOSS_TM(LOSS, T, T)
 
-#define MASKED_OPS_INSTANTIATE_CUDA_LOSS(LOSS)          \
-  namespace masked_ops {                                \
-  namespace cuda {                                      \
-  MASKED_OPS_INSTANTIATE_CUDA_LOSS_T(LOSS, half_t);     \
-  MASKED_OPS_INSTANTIATE_CUDA_LOSS_T(LOSS, bfloat16_t); \
-  MASKED_OPS_INSTANTIATE_CUDA_LOSS_T(LOSS, float);      \
-  MASKED_OPS_INSTANTIATE_CUDA_LOSS_T(LOSS, double);     \
-  }                                                     \
-  }                                                     \
+// M in {bool, T, float}: 16-bit inputs.
+#define MASKED_OPS_INSTANTIATE_CUDA_LOSS_16BIT(LOSS, T) \
+  MASKED_OPS_INSTANTIATE_CUDA_LOSS_T(LOSS, T);          \
+  MASKED_OPS_INSTANTIATE_CUDA_LOSS_TM(LOSS, T, float)
+
+#define MASKED_OPS_INSTANTIATE_CUDA_LOSS(LOSS)              \
+  namespace masked_ops {                                    \
+  namespace cuda {                                          \
+  MASKED_OPS_INSTANTIATE_CUDA_LOSS_16BIT(LOSS, half_t);     \
+  MASKED_OPS_INSTANTIATE_CUDA_LOSS_16BIT(LOSS, bfloat16_t); \
+  MASKED_OPS_INSTANTIATE_CUDA_LOSS_T(LOSS, float);          \
+  MASKED_OPS_INSTANTIATE_CUDA_LOSS_T(LOSS, double);         \
+  }                                                         \
+  }                                                         \
   static_assert(true, "")

@@ -73,7 +73,7 @@ the caller owns every buffer.
       forward_out: forward_cuda's `out`; each gradient array that is passed is
       written (input or mask shape and dtype); workspace: at least
       backward_workspace_bytes(n, mask.size, grad_mask is not None) bytes.
-  Both take the keyword arguments loss= and params= (as forward), dtype= (the
+  Both take the keyword arguments loss_name= and params= (as forward), dtype= (the
   element type of y_true, y_pred, masks of that size and gradients: needed for
   bfloat16, which the protocol has no typestr for, so 2-byte buffers are
   reinterpreted; a '<f4' mask stays float32) and stream= (a cudaStream_t as an
@@ -599,9 +599,8 @@ DeviceArray device_array(const py::object& obj, const char* name) {
   const size_t item = typestr_itemsize(a.typestr);
   if (item > 1 && a.ptr % item != 0) {
     a.misaligned = std::string(name) + "'s device buffer is not aligned to its " +
-                   std::to_string(item) + "-byte element size (address % " +
-                   std::to_string(item) + " = " + std::to_string(a.ptr % item) +
-                   "); pass an aligned copy";
+                   std::to_string(item) + "-byte element size (address % " + std::to_string(item) +
+                   " = " + std::to_string(a.ptr % item) + "); pass an aligned copy";
   }
   if (cai.contains("mask") && !cai["mask"].is_none()) {
     throw py::value_error(std::string(name) +
@@ -809,7 +808,7 @@ cudaStream_t require_stream(const std::optional<intptr_t>& stream, const char* w
 void check_driver() {
   static const std::string problem =
       cuda::driver_problem(cuda::driver_version(), cuda::runtime_version());
-  if (!problem.empty()) throw std::runtime_error("masked_ops: " + problem);
+  if (!problem.empty()) throw std::runtime_error(problem);
 }
 
 void check_cuda(cudaError_t e, const std::string& what) {
@@ -1070,7 +1069,7 @@ PYBIND11_MODULE(_kernels, m) {
         arg("want_mask"), "Workspace bytes backward_cuda needs.");
   m.def("forward_cuda", &b::forward_cuda, arg("y_true"), arg("y_pred"), arg("mask"),
         arg("padding_value"), arg("reduction"), arg("out"), arg("count"),
-        arg("workspace") = py::none(), py::kw_only(), arg("loss") = "squared_error",
+        arg("workspace") = py::none(), py::kw_only(), arg("loss_name") = "squared_error",
         arg("params") = std::vector<double>(), arg("dtype") = py::none(),
         arg("stream") = py::none(), "Asynchronous forward on device arrays; see the module doc.");
   m.def("backward_cuda", &b::backward_cuda, arg("upstream"), arg("forward_out"), arg("y_true"),

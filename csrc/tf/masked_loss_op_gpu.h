@@ -3,7 +3,14 @@
 // Built by the host compiler without CUDA headers: TensorFlow's wheel and the
 // kernels may come from different CUDA versions, so only the raw stream handle
 // and device pointers cross over.
+//
+// The GPU kernels are registered only when the installed driver can run the
+// CUDA runtime the kernels were linked with (cuda_runtime_check.cc): with an
+// older driver every launch would fail, whereas without GPU kernels TensorFlow
+// places the op on the CPU and masked_ops routes GPU work to pure-TF ops.
 #pragma once
+
+#include <string>
 
 #include "../kernels/masked_loss_cuda.h"
 #include "masked_loss_op.h"
@@ -17,6 +24,16 @@ namespace tf_adapter {
 // Only a tag selecting the Launch specialization; op_kernel.h declares it
 // without needing the CUDA headers that its definition requires.
 using GPUDevice = Eigen::GpuDevice;
+
+// Empty when this library's CUDA kernels can run here; otherwise why not (the
+// driver is older than the kernels' CUDA runtime needs), with the fix.
+// Decided once, from the driver version alone: no context, no synchronization.
+const std::string& GpuKernelsUnavailableReason();
+
+// Calls register_kernels (static-init registrations, see
+// MASKED_OPS_REGISTER_LOSS_GPU_KERNELS) when GpuKernelsUnavailableReason() is
+// empty; returns whether it did.
+bool RegisterGpuKernelsIfUsable(void (*register_kernels)());
 
 inline absl::Status GetCudaStream(tf::OpKernelContext* ctx, cudaStream_t* stream) {
   const tf::DeviceContext* device_context = ctx->op_device_context();
@@ -53,9 +70,9 @@ struct Launch<GPUDevice, Loss, T, M> {
   using KM = kernel_t<M>;
   using Acc = acc_t<KT>;
 
-  static absl::Status Forward(tf::OpKernelContext* ctx, const MaskedInputs<KT, KM>& in,
-                              Reduction reduction, Acc* loss, Acc* sum, Acc* weight_sum,
-                              int64_t* count) {
+  static absl::Status Forward(tf::OpKernelContext* ctx, const Loss& loss_fn,
+                              const MaskedInputs<KT, KM>& in, Reduction reduction, Acc* loss,
+                              Acc* sum, Acc* weight_sum, int64_t* count) {
     cudaStream_t stream = nullptr;
     TF_RETURN_IF_ERROR(GetCudaStream(ctx, &stream));
     const size_t bytes = cuda::forward_workspace_bytes(in.n);
@@ -63,21 +80,22 @@ struct Launch<GPUDevice, Loss, T, M> {
     void* data = nullptr;
     TF_RETURN_IF_ERROR(AllocateWorkspace(ctx, bytes, &workspace, &data));
     return CudaToStatus(
-        cuda::forward<Loss>(in, reduction, data, bytes, loss, sum, weight_sum, count, stream),
+        cuda::forward(loss_fn, in, reduction, data, bytes, loss, sum, weight_sum, count, stream),
         "forward");
   }
 
-  static absl::Status Backward(tf::OpKernelContext* ctx, const MaskedInputs<KT, KM>& in,
-                               Reduction reduction, const BackwardScalars<Acc>& scalars,
-                               KT* grad_true, KT* grad_pred, KM* grad_mask) {
+  static absl::Status Backward(tf::OpKernelContext* ctx, const Loss& loss,
+                               const MaskedInputs<KT, KM>& in, Reduction reduction,
+                               const BackwardScalars<Acc>& scalars, KT* grad_true, KT* grad_pred,
+                               KM* grad_mask) {
     cudaStream_t stream = nullptr;
     TF_RETURN_IF_ERROR(GetCudaStream(ctx, &stream));
     const size_t bytes = cuda::backward_workspace_bytes(in.n, in.mask_n, grad_mask != nullptr);
     tf::Tensor workspace;
     void* data = nullptr;
     TF_RETURN_IF_ERROR(AllocateWorkspace(ctx, bytes, &workspace, &data));
-    return CudaToStatus(cuda::backward<Loss>(in, reduction, scalars, grad_true, grad_pred,
-                                             grad_mask, data, bytes, stream),
+    return CudaToStatus(cuda::backward(loss, in, reduction, scalars, grad_true, grad_pred,
+                                       grad_mask, data, bytes, stream),
                         "backward");
   }
 };
@@ -86,7 +104,17 @@ struct Launch<GPUDevice, Loss, T, M> {
 }  // namespace masked_ops
 
 // GPU kernels of one loss for every supported input dtype (padding_value stays
-// in host memory: it is read when the kernels are launched).
-#define MASKED_OPS_REGISTER_LOSS_GPU_KERNELS(NAME, LOSS)                            \
-  MASKED_OPS_REGISTER_LOSS_KERNELS_ALL_DTYPES(NAME, LOSS, ::tensorflow::DEVICE_GPU, \
-                                              ::masked_ops::tf_adapter::GPUDevice)
+// in host memory: it is read when the kernels are launched), registered only
+// where they can run. The registrations are the usual REGISTER_KERNEL_BUILDER
+// statics, but function-local: they run on the first (and only) call, which
+// RegisterGpuKernelsIfUsable makes when the library loads, or not at all.
+#define MASKED_OPS_REGISTER_LOSS_GPU_KERNELS(NAME, LOSS) \
+  MASKED_OPS_REGISTER_LOSS_GPU_KERNELS_UNIQ(__COUNTER__, NAME, LOSS)
+#define MASKED_OPS_REGISTER_LOSS_GPU_KERNELS_UNIQ(ID, NAME, LOSS) \
+  MASKED_OPS_REGISTER_LOSS_GPU_KERNELS_IMPL(ID, NAME, LOSS)
+#define MASKED_OPS_REGISTER_LOSS_GPU_KERNELS_IMPL(ID, NAME, LOSS)                         \
+  [[maybe_unused]] static const bool masked_ops_gpu_kernels_registered_##ID =             \
+      ::masked_ops::tf_adapter::RegisterGpuKernelsIfUsable([] {                           \
+        MASKED_OPS_REGISTER_LOSS_KERNELS_ALL_DTYPES(NAME, LOSS, ::tensorflow::DEVICE_GPU, \
+                                                    ::masked_ops::tf_adapter::GPUDevice); \
+      })

@@ -20,9 +20,11 @@ struct BinaryCrossentropyBase {
   }
   MO_HD explicit BinaryCrossentropyBase(const LossParams& p) : smoothing(p.value[0]) {}
 
+  // Without a branch on smoothing == 0 (it would stop the lane loops'
+  // vectorization): t * 1 + 0 is t.
   template <typename Acc>
   MO_HD Acc target(Acc t) const {
-    return smoothing == 0 ? t : t * Acc(1.0 - smoothing) + Acc(0.5 * smoothing);
+    return t * Acc(1.0 - smoothing) + Acc(0.5 * smoothing);
   }
   // d z / d t
   template <typename Acc>
@@ -69,13 +71,18 @@ struct BinaryCrossentropyFromLogits : BinaryCrossentropyBase {
   template <typename Acc>
   MO_HD Acc value(Acc t, Acc x) const {
     const Acc relu = math::select(x >= Acc(0), x, Acc(0));
-    return relu - x * target(t) + math::log1p(math::exp(-math::abs(x)));
+    return relu - x * target(t) + math::log1p_of_nonnegative(math::exp(-math::abs(x)));
   }
+  // sigmoid(x) - z, written as TensorFlow's gradient of its formula computes
+  // it: 1 - z - e / (1 + e) for x >= 0, e / (1 + e) - z otherwise (e =
+  // exp(-|x|)), which does not cancel where the target matches a saturated
+  // sigmoid (z = 1, large x: -e / (1 + e), not 1 - 1).
   template <typename Acc>
   MO_HD Acc grad_pred(Acc t, Acc x) const {
     const Acc e = math::exp(-math::abs(x));
-    const Acc sigmoid = math::select(x >= Acc(0), Acc(1) / (Acc(1) + e), e / (Acc(1) + e));
-    return sigmoid - target(t);
+    const Acc tail = e / (Acc(1) + e);
+    const Acc z = target(t);
+    return math::select(x >= Acc(0), (Acc(1) - z) - tail, tail - z);
   }
   template <typename Acc>
   MO_HD Acc grad_true(Acc, Acc x) const {

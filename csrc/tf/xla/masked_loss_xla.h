@@ -132,19 +132,22 @@ class MaskedLossGradXlaOp : public tf::XlaOpKernel {
     // Same coefficients as grad_coefficients() in masked_loss.h.
     xla::XlaOp a = grad_loss + grad_sum;
     xla::XlaOp b = grad_weight_sum;
+    xla::XlaOp scale = xla::ScalarLike(weight_sum, 1);
     if (!is_sum_) {
       const xla::XlaOp zero = xla::ScalarLike(weight_sum, 0);
       const xla::XlaOp nonzero = xla::Ne(weight_sum, zero);
-      const xla::XlaOp inv =
-          xla::Select(nonzero,
-                      xla::ScalarLike(weight_sum, 1) /
-                          xla::Select(nonzero, weight_sum, xla::ScalarLike(weight_sum, 1)),
-                      zero);
-      a = grad_loss * inv + grad_sum;
-      b = grad_weight_sum - grad_loss * loss * inv;
+      const xla::XlaOp tiny = xla::Lt(xla::Abs(weight_sum), xla::ScalarLike(weight_sum, 0x1p-64));
+      scale = xla::Select(tiny, xla::ScalarLike(weight_sum, 0x1p64), scale);
+      const xla::XlaOp inv = xla::Select(
+          nonzero,
+          xla::ScalarLike(weight_sum, 1) /
+              (xla::Select(nonzero, weight_sum, xla::ScalarLike(weight_sum, 1)) * scale),
+          zero);
+      a = grad_loss * inv + grad_sum / scale;
+      b = grad_weight_sum - (grad_loss * loss * inv) * scale;
     }
     const xla::PrimitiveType t_type = ctx->input_xla_type(3);
-    const xla::XlaOp aw = a * in.w;
+    const xla::XlaOp aw = a * (in.w * scale);
     auto element_grad = [&](xla::XlaOp g) {
       return xla::ConvertElementType(xla::Select(in.keep, aw * g, in.zeros), t_type);
     };
@@ -153,7 +156,7 @@ class MaskedLossGradXlaOp : public tf::XlaOpKernel {
     const xla::PrimitiveType m_type = ctx->input_xla_type(5);
     if (want_mask_) {
       const xla::XlaOp per_element =
-          xla::Select(in.keep, a * loss_fn.value(t, p).op() + b, in.zeros);
+          xla::Select(in.keep, (a * loss_fn.value(t, p).op()) * scale + b, in.zeros);
       ctx->SetOutput(2, xla::ConvertElementType(SumToMask(ctx, per_element, in), m_type));
     } else {
       ctx->SetOutput(2, Empty(ctx, m_type));

@@ -92,6 +92,9 @@ inline xla_lowering::XlaValue abs(const xla_lowering::XlaValue& x) { return xla:
 inline xla_lowering::XlaValue exp(const xla_lowering::XlaValue& x) { return xla::Exp(x.op()); }
 inline xla_lowering::XlaValue log(const xla_lowering::XlaValue& x) { return xla::Log(x.op()); }
 inline xla_lowering::XlaValue log1p(const xla_lowering::XlaValue& x) { return xla::Log1p(x.op()); }
+inline xla_lowering::XlaValue log1p_of_nonnegative(const xla_lowering::XlaValue& x) {
+  return xla::Log1p(x.op());
+}
 
 inline xla_lowering::XlaValue select(const xla_lowering::XlaPred& cond,
                                      const xla_lowering::XlaValue& a,
