@@ -43,8 +43,37 @@ build: system-deps
 test: build
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest tests
 
+.PHONY: fuzz sanitize
+
+# The property-based suites (tests/test_fuzz*.py) with the "fuzz" Hypothesis
+# profile: many more examples than the bounded "ci" profile `make test` runs.
+fuzz: build
+	TF_CPP_MIN_LOG_LEVEL=2 HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest \
+	  tests/test_fuzz.py tests/test_fuzz_binding.py --hypothesis-show-statistics
+
+# The CPU kernels and the binding built with ASan and UBSan in their own
+# directory (never over masked_ops/*.so), then the TensorFlow-free fuzz suite
+# of the binding against that module (TensorFlow does not run under ASan). The
+# sanitizer runtimes are preloaded into Python; CPython's deliberate leaks are
+# not reported.
+SANITIZE_DIR := build/sanitize
+SANITIZE_CXX ?= g++
+SANITIZE_ENV = LD_PRELOAD="$$($(SANITIZE_CXX) -print-file-name=libasan.so) \
+	$$($(SANITIZE_CXX) -print-file-name=libubsan.so)" ASAN_OPTIONS=detect_leaks=0 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=$(SANITIZE_DIR)/module
+
+sanitize: setup
+	$(VENV)/bin/cmake -S . -B $(SANITIZE_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_CXX_COMPILER=$(SANITIZE_CXX) -DPython3_EXECUTABLE=$(abspath $(PY)) \
+	  -DMASKED_OPS_BINDING_ONLY=ON -DMASKED_OPS_SANITIZE=ON -DMASKED_OPS_CUDA=OFF \
+	  -DMASKED_OPS_OUTPUT_DIR=$(abspath $(SANITIZE_DIR))/module
+	$(VENV)/bin/cmake --build $(SANITIZE_DIR) --parallel
+	$(SANITIZE_ENV) $(PY) -c "import _kernels; print('instrumented binding:', _kernels.__file__)"
+	$(SANITIZE_ENV) $(PY) -m pytest tests/test_fuzz_binding.py
+
 bench: build
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m masked_ops.benchmark $(BENCH_ARGS)
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) benchmarks/bench.py $(BENCH_ARGS)
+	$(PY) benchmarks/plot.py
 
 bench-full: BENCH_ARGS = --full
 bench-full: bench

@@ -351,3 +351,41 @@ def test_mask_gradient_at_weight_exactly_zero_is_zero():
     _, grad_p, grad_w = _grads(t, p, w)
     assert grad_w.numpy()[2] == 0.0 and grad_p.numpy()[2] == 0.0
     assert_close(grad_w.numpy()[:2], (np.array([1.0, 4.0]) - 2.5) / 2, tf.float32, "elementwise")
+
+
+# ---------------------------------------------------------------------------
+# Found by the fuzz suite.
+
+
+@pytest.mark.parametrize("dtype, tiny", [(tf.float32, 1e-40), (tf.float64, 1e-310)])
+def test_gradients_stay_finite_when_weight_sum_is_subnormal(dtype, tiny):
+    # 1 / weight_sum overflows; every w / weight_sum does not.
+    t, p = tf.constant([1.0, 3.0], dtype), tf.constant([0.0, 0.0], dtype)
+    w = tf.constant([tiny, tiny], dtype)
+    with tf.GradientTape() as tape:
+        tape.watch([t, p, w])
+        loss = masked_ops.masked_mse(t, p, w)
+    g_t, g_p, g_w = (g.numpy() for g in tape.gradient(loss, [t, p, w]))
+    assert float(loss) == pytest.approx(5.0)
+    np.testing.assert_allclose(g_t, [1.0, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(g_p, [-1.0, -3.0], rtol=1e-6)
+    # d/dw_i = (v_i - loss) / weight_sum: +-4 / (2 tiny), beyond float range in float32.
+    assert g_w[0] < 0 < g_w[1] and np.all(~np.isnan(g_w))
+
+
+def test_long_prefix_row_mask_gradient_is_accurate():
+    rng = np.random.default_rng(0)
+    n = 1 << 20
+    t = (rng.standard_normal(n) * 3).astype(np.float32)
+    p = (t * (1 + 1e-3 * rng.standard_normal(n))).astype(np.float32)
+    p[0] = 100
+    w = tf.constant(1.0)
+    with tf.GradientTape() as tape:
+        tape.watch(w)
+        loss = masked_ops.masked_mse(tf.constant(t), tf.constant(p), w)
+    got = float(tape.gradient(loss, w))
+    d = t.astype(np.float64) - p.astype(np.float64)
+    v = d * d
+    exact = float(np.sum(v - v.mean()))  # d loss / d w of a 0-d weight
+    # Relative to the terms' size, as the forward's float32 blocks bound it.
+    assert abs(got - exact) <= 1e-6 * float(np.sum(np.abs(v)))

@@ -19,6 +19,18 @@ _ELEMENTWISE = {
     "float32": (1e-6, 1e-9),
     "float64": (1e-13, 1e-15),
 }
+# Sums of many terms of either sign (the forward's sum and weight_sum, prefix
+# rows of the mask gradient): rtol is relative to the sum of the terms'
+# magnitudes, since the result may have cancelled; atol is per term and covers
+# subnormal terms, whose rounding error is absolute (a few of the accumulator's
+# smallest subnormals).
+_ACCUMULATION = {
+    "float16": (1e-5, 2.0**-147),
+    "bfloat16": (1e-5, 2.0**-147),
+    "float32": (1e-5, 2.0**-147),
+    "float64": (1e-12, 2.0**-1071),
+}
+_KINDS = {"reduction": _REDUCTION, "elementwise": _ELEMENTWISE, "accumulation": _ACCUMULATION}
 
 
 def _name(dtype):
@@ -29,10 +41,38 @@ def _name(dtype):
 
 
 def tolerance(dtype, kind="reduction"):
-    """(rtol, atol) for `dtype`; kind is "reduction" (loss, sums) or
-    "elementwise" (gradients, stored in the input dtype)."""
-    table = _REDUCTION if kind == "reduction" else _ELEMENTWISE
-    return table[_name(dtype)]
+    """(rtol, atol) for `dtype`; kind is "reduction" (loss, sums),
+    "elementwise" (gradients, stored in the input dtype) or "accumulation"
+    (see allowed_error)."""
+    return _KINDS[kind][_name(dtype)]
+
+
+def allowed_error(expected, scale, dtype, kind="accumulation", terms=1):
+    """Elementwise bound on |actual - expected|: atol * terms + rtol * (|expected|
+    + scale), where scale is the sum of the magnitudes of the terms the result
+    is made of and terms their number."""
+    rtol, atol = tolerance(dtype, kind)
+    expected = np.abs(np.asarray(expected, np.float64))
+    with np.errstate(over="ignore"):
+        return atol * np.asarray(terms, np.float64) + rtol * (
+            expected + np.asarray(scale, np.float64)
+        )
+
+
+def assert_within(actual, expected, bound, what=""):
+    """|actual - expected| <= bound elementwise (NaN is never within)."""
+    a = np.asarray(actual, np.float64)
+    e = np.asarray(expected, np.float64)
+    assert a.shape == e.shape, (what, a.shape, e.shape)
+    bound = np.broadcast_to(np.asarray(bound, np.float64), e.shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        bad = ~(np.abs(a - e) <= bound)
+    if np.any(bad):
+        i = np.flatnonzero(bad.ravel())[:5]
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {a.size} out of tolerance; at {i}: actual "
+            f"{a.ravel()[i]}, expected {e.ravel()[i]}, allowed error {bound.ravel()[i]}"
+        )
 
 
 def assert_close(actual, expected, dtype, kind="reduction"):

@@ -96,32 +96,33 @@ struct BackwardScalars {
 
 // Per-element gradient coefficients derived from BackwardScalars:
 //   d/dp = keep ? a * (w * scale) * grad_pred : 0,   likewise d/dt,
-//   d/dw = keep ? (a * value) * scale + b : 0   (summed over the elements w covers).
+//   d/dw = keep ? (a * value + b) * scale + c : 0   (summed over the elements w covers).
 // scale is 1 unless weight_sum is so small (subnormal weights) that
 // 1 / weight_sum would overflow although every w / weight_sum is finite: then
-// a is kept 2^64 times smaller and the weights 2^64 times larger.
+// a and b are kept 2^64 times smaller, and b is added before scaling so that
+// a * value and b cancel before they could overflow.
 template <typename Acc>
 struct GradCoefficients {
   Acc a;
   Acc b;
+  Acc c;
   Acc scale;
 
   MO_HD Acc times_weight(Acc w) const { return a * (w * scale); }
-  MO_HD Acc weight_gradient(Acc value) const { return (a * value) * scale + b; }
+  MO_HD Acc weight_gradient(Acc value) const { return (a * value + b) * scale + c; }
 };
 
 template <typename Acc>
 MO_HD GradCoefficients<Acc> grad_coefficients(Acc grad_loss, Acc grad_sum, Acc grad_weight_sum,
                                               Acc loss, Acc weight_sum, Reduction reduction) {
-  if (reduction == Reduction::kSum) return {grad_loss + grad_sum, grad_weight_sum, Acc(1)};
+  if (reduction == Reduction::kSum) return {grad_loss + grad_sum, Acc(0), grad_weight_sum, Acc(1)};
   // The mean is defined as exactly 0 when weight_sum == 0: no gradient flows through it.
-  if (weight_sum == Acc(0)) return {grad_sum, grad_weight_sum, Acc(1)};
+  if (weight_sum == Acc(0)) return {grad_sum, Acc(0), grad_weight_sum, Acc(1)};
   const bool tiny =
       weight_sum < Acc(5.421010862427522e-20) && weight_sum > Acc(-5.421010862427522e-20);
   const Acc scale = tiny ? Acc(18446744073709551616.0) : Acc(1);  // 2^-64 and 2^64
   const Acc inv = Acc(1) / (weight_sum * scale);
-  return {grad_loss * inv + grad_sum / scale, grad_weight_sum - (grad_loss * loss * inv) * scale,
-          scale};
+  return {grad_loss * inv + grad_sum / scale, -(grad_loss * loss * inv), grad_weight_sum, scale};
 }
 
 // Final loss from the double-precision totals.

@@ -131,7 +131,8 @@ class MaskedLossGradXlaOp : public tf::XlaOpKernel {
     const xla::XlaOp weight_sum = ctx->Input(9);
     // Same coefficients as grad_coefficients() in masked_loss.h.
     xla::XlaOp a = grad_loss + grad_sum;
-    xla::XlaOp b = grad_weight_sum;
+    xla::XlaOp b = xla::ScalarLike(weight_sum, 0);
+    const xla::XlaOp c = grad_weight_sum;
     xla::XlaOp scale = xla::ScalarLike(weight_sum, 1);
     if (!is_sum_) {
       const xla::XlaOp zero = xla::ScalarLike(weight_sum, 0);
@@ -144,7 +145,7 @@ class MaskedLossGradXlaOp : public tf::XlaOpKernel {
               (xla::Select(nonzero, weight_sum, xla::ScalarLike(weight_sum, 1)) * scale),
           zero);
       a = grad_loss * inv + grad_sum / scale;
-      b = grad_weight_sum - (grad_loss * loss * inv) * scale;
+      b = xla::Neg(grad_loss * loss * inv);
     }
     const xla::PrimitiveType t_type = ctx->input_xla_type(3);
     const xla::XlaOp aw = a * (in.w * scale);
@@ -156,7 +157,7 @@ class MaskedLossGradXlaOp : public tf::XlaOpKernel {
     const xla::PrimitiveType m_type = ctx->input_xla_type(5);
     if (want_mask_) {
       const xla::XlaOp per_element =
-          xla::Select(in.keep, (a * loss_fn.value(t, p).op()) * scale + b, in.zeros);
+          xla::Select(in.keep, (a * loss_fn.value(t, p).op() + b) * scale + c, in.zeros);
       ctx->SetOutput(2, xla::ConvertElementType(SumToMask(ctx, per_element, in), m_type));
     } else {
       ctx->SetOutput(2, Empty(ctx, m_type));
