@@ -379,13 +379,13 @@ class Coefficients:
 
     def grad_weight(self, value):
         """a * value + b."""
-        return self.ratio * ((value - self.loss) / self.divisor) + self.plain * value + self.g_ws
+        # ratio first: with a zero upstream ratio and a subnormal divisor,
+        # (value - loss) / divisor alone may overflow (0 * inf).
+        return (self.ratio * (value - self.loss)) / self.divisor + self.plain * value + self.g_ws
 
     def grad_weight_scale(self, value_scale):
-        ratio = np.abs(self.ratio / self.divisor)
-        return (
-            ratio * (value_scale + abs(self.loss)) + self.plain_scale * value_scale + abs(self.g_ws)
-        )
+        ratio_terms = abs(self.ratio) * (value_scale + abs(self.loss)) / abs(self.divisor)
+        return ratio_terms + self.plain_scale * value_scale + abs(self.g_ws)
 
 
 def coefficients(upstream, loss, weight_sum, reduction):
