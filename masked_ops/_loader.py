@@ -70,6 +70,8 @@ def gpu_kernels_unavailable_reason():
     GPU, so masked losses must go to the pure-TF formula (masked_ops.reference),
     which runs on the GPU; without a visible GPU the CPU kernels serve and this
     is None."""
+    if _gpu_reason:  # decided: every fused op call reads it, without the lock
+        return _gpu_reason[0]
     with _gpu_lock:
         if not _gpu_reason:
             reason = _library_gpu_reason() or None

@@ -16,6 +16,7 @@ import dataclasses
 
 import numpy as np
 import tensorflow as tf
+from oracle import full_weights
 
 DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 DTYPE_IDS = [d.name for d in DTYPES]
@@ -133,15 +134,6 @@ def make_case(rng, dtype, shape, kind, scale=3.0, pad_fraction=0.3):
     return Case(
         dtype, shape, kind, y_true, y_pred, mask, padding_value, t64, p64, mask64, mask_is_float
     )
-
-
-def full_weights(mask64, shape):
-    """The mask's weight of every element (a prefix mask broadcast over the rest)."""
-    if mask64 is None:
-        return np.ones(shape, np.float64)
-    mask64 = np.asarray(mask64, np.float64)
-    gap = len(shape) - mask64.ndim
-    return np.broadcast_to(mask64.reshape(mask64.shape + (1,) * gap), shape)
 
 
 def np_keep(t64, w, padding_value):
