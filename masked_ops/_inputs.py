@@ -56,13 +56,13 @@ def mask_dtype(mask_dtype, dtype):
     return mask_dtype if mask_dtype in (dtype, acc) else acc
 
 
-def convert_mask(mask, dtype):
+def convert_mask(mask, dtype, name="mask"):
     """Boolean masks stay boolean; integer masks keep non-zero positions;
     float masks are weights (see mask_dtype). None means no mask: a 0-d True,
     which as a rank-0 prefix covers every element."""
     if mask is None:
         return tf.constant(True)
-    mask = tf.convert_to_tensor(mask, name="mask")
+    mask = tf.convert_to_tensor(mask)
     if mask.dtype == tf.bool:
         return mask
     if mask.dtype.is_integer:
@@ -70,7 +70,39 @@ def convert_mask(mask, dtype):
     if mask.dtype.is_floating:
         target = mask_dtype(mask.dtype, dtype)
         return mask if mask.dtype == target else tf.cast(mask, target)
-    raise TypeError(f"mask must be boolean, integer or floating point, got {mask.dtype.name}")
+    raise TypeError(f"{name} must be boolean, integer or floating point, got {mask.dtype.name}")
+
+
+MAX_MASKS = 5
+"""Masks one call combines (the kernels' mask plus ExtraMasks::kMax)."""
+
+
+def _is_array(x):
+    return tf.is_tensor(x) or isinstance(x, (np.ndarray, tf.Variable))
+
+
+def is_mask_list(mask):
+    """Whether `mask` is several masks: a list or tuple holding at least one
+    tensor or array. A nested list of Python numbers is one mask, as
+    tf.convert_to_tensor reads it."""
+    return isinstance(mask, (list, tuple)) and any(_is_array(m) for m in mask)
+
+
+def convert_masks(mask, dtype):
+    """(mask, extra_masks): `mask` may be one mask or a list or tuple of
+    masks (see is_mask_list), which the kernels combine in one pass (booleans
+    AND-ed, float weights multiplied, each of its own prefix shape) without
+    materializing their product."""
+    if not is_mask_list(mask):
+        return convert_mask(mask, dtype), []
+    if len(mask) > MAX_MASKS:
+        raise ValueError(f"mask combines at most {MAX_MASKS} masks, got a list of {len(mask)}")
+    converted = []
+    for i, m in enumerate(mask):
+        if m is None:
+            raise ValueError(f"mask[{i}] is None; leave it out of the list instead")
+        converted.append(convert_mask(m, dtype, name=f"mask[{i}]"))
+    return converted[0], converted[1:]
 
 
 def round_padding_value(value, dtype):
@@ -136,8 +168,35 @@ def not_padding(y_true, padding_value):
 
 
 def prepare(y_true, y_pred, mask, padding_value):
-    """(y_true, y_pred, mask, padding_value, has_padding_value) as the ops take them."""
+    """(y_true, y_pred, mask, extra_masks, padding_value, has_padding_value)
+    as the ops take them."""
     y_true, y_pred = convert_predictions(y_true, y_pred)
-    mask = convert_mask(mask, y_pred.dtype)
+    mask, extra_masks = convert_masks(mask, y_pred.dtype)
     padding, has_padding = convert_padding_value(padding_value, y_pred.dtype)
-    return y_true, y_pred, mask, padding, has_padding
+    return y_true, y_pred, mask, extra_masks, padding, has_padding
+
+
+def broadcast_weight(mask, shape, rank, dtype):
+    """`mask` (a leading prefix of `shape`) as `dtype` weights broadcast to
+    `shape`, whose rank is `rank` (booleans as 0/1)."""
+    w = tf.cast(mask, dtype)
+    gap = rank - mask.shape.rank
+    if gap:
+        w = tf.reshape(w, tf.concat([tf.shape(w), tf.ones([gap], tf.int32)], 0))
+    return tf.broadcast_to(w, shape)
+
+
+def combine_weights(a, b):
+    """a * b, or 0 where either is 0 (0 * NaN would keep a NaN weight), as the
+    kernels combine two masks."""
+    zero = tf.zeros([], a.dtype)
+    return tf.where(tf.logical_and(tf.not_equal(a, zero), tf.not_equal(b, zero)), a * b, zero)
+
+
+def combined_weight(masks, shape, rank, dtype):
+    """The combined weight of `masks` over `shape`, in list order, as the
+    kernels compute it."""
+    w = broadcast_weight(masks[0], shape, rank, dtype)
+    for m in masks[1:]:
+        w = combine_weights(w, broadcast_weight(m, shape, rank, dtype))
+    return w

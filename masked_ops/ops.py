@@ -31,43 +31,77 @@ def _register_gradient(spec):
     @tf.RegisterGradient(spec.op_type)
     def _gradient(op, grad_loss, grad_sum, grad_weight_sum, _grad_count):
         skip = set(getattr(op, "skip_input_indices", None) or ())
-        y_true, y_pred, mask, padding_value, params = op.inputs
+        y_true, y_pred, mask, padding_value, params = op.inputs[:5]
+        masks = [mask, *op.inputs[5:]]
+        mask_index = [2, *range(5, 5 + len(masks) - 1)]  # op input index of each mask
         want_true = 0 not in skip
         want_pred = 1 not in skip
-        want_mask = mask.dtype.is_floating and 2 not in skip
-        if not (want_true or want_pred or want_mask):
-            return [None] * 5
+        want_masks = [m.dtype.is_floating and i not in skip for m, i in zip(masks, mask_index)]
+        grads = [None] * len(op.inputs)
+        if not (want_true or want_pred or any(want_masks)):
+            return grads
         acc = op.outputs[0].dtype
 
         def upstream(g):
             return tf.zeros([], acc) if g is None else g
 
-        grad_true, grad_pred, grad_mask = grad_op(
-            grad_loss=upstream(grad_loss),
-            grad_sum=upstream(grad_sum),
-            grad_weight_sum=upstream(grad_weight_sum),
-            y_true=y_true,
-            y_pred=y_pred,
-            mask=mask,
-            padding_value=padding_value,
-            params=params,
-            loss=op.outputs[0],
-            weight_sum=op.outputs[2],
-            reduction=_attr_str(op.get_attr("reduction")),
-            has_padding_value=op.get_attr("has_padding_value"),
-            want_y_true=want_true,
-            want_y_pred=want_pred,
-            want_mask=want_mask,
-        )
-        return [
-            grad_true if want_true else None,
-            grad_pred if want_pred else None,
-            grad_mask if want_mask else None,
-            None,
-            None,
-        ]
+        def run(kernel_mask, want_mask):
+            return grad_op(
+                grad_loss=upstream(grad_loss),
+                grad_sum=upstream(grad_sum),
+                grad_weight_sum=upstream(grad_weight_sum),
+                y_true=y_true,
+                y_pred=y_pred,
+                mask=kernel_mask[0],
+                padding_value=padding_value,
+                params=params,
+                loss=op.outputs[0],
+                weight_sum=op.outputs[2],
+                extra_masks=kernel_mask[1:],
+                reduction=_attr_str(op.get_attr("reduction")),
+                has_padding_value=op.get_attr("has_padding_value"),
+                want_y_true=want_true,
+                want_y_pred=want_pred,
+                want_mask=want_mask,
+            )
+
+        if len(masks) == 1 or not any(want_masks):
+            grad_true, grad_pred, grad_mask = run(masks, want_masks[0])
+            grads[2] = grad_mask if want_masks[0] else None
+        else:
+            grad_true, grad_pred, mask_grads = _several_masks_gradient(run, masks, y_pred, acc)
+            for m, i, want, g in zip(masks, mask_index, want_masks, mask_grads):
+                grads[i] = tf.cast(g, m.dtype) if want else None
+        grads[0] = grad_true if want_true else None
+        grads[1] = grad_pred if want_pred else None
+        return grads
 
     tf.no_gradient(spec.op_type + "Grad")
+
+
+def _several_masks_gradient(run, masks, y_pred, acc):
+    """Gradients of several masks (only when one of them is a watched float
+    mask: weights are rarely trained). The kernels compute the gradient of the
+    combined weight W = w_0 w_1 ... (materialized here, at the shape of the
+    longest mask); each mask's is that times the other masks' weights, summed
+    over the elements its entries cover."""
+    rank = max(m.shape.rank for m in masks)
+    shape = tf.shape(y_pred)[:rank]
+    weights = [_inputs.broadcast_weight(m, shape, rank, acc) for m in masks]
+    combined = weights[0]
+    for w in weights[1:]:
+        combined = _inputs.combine_weights(combined, w)
+    grad_true, grad_pred, grad_combined = run([combined], True)
+    grads = []
+    for i, m in enumerate(masks):
+        g = grad_combined
+        for j, w in enumerate(weights):
+            if j != i:
+                g = g * w
+        # Elements not kept have grad_combined 0: no NaN/Inf weight leaks through.
+        g = tf.where(tf.not_equal(grad_combined, 0), g, tf.zeros_like(g))
+        grads.append(tf.reduce_sum(g, axis=list(range(m.shape.rank, rank))))
+    return grad_true, grad_pred, grads
 
 
 _OPS = {}
@@ -86,13 +120,14 @@ def fused(spec, y_true, y_pred, mask, padding_value, reduction, params=()):
     # lowering, or on a GPU whose driver is too old for the CUDA kernels.
     if _xla.use_fallback(spec) or _loader.gpu_kernels_unavailable_reason() is not None:
         return reference.masked_loss(spec, y_true, y_pred, mask, padding_value, reduction, params)
-    y_true, y_pred, mask, padding, has_padding = _inputs.prepare(
+    y_true, y_pred, mask, extra_masks, padding, has_padding = _inputs.prepare(
         y_true, y_pred, mask, padding_value
     )
     return _OPS[spec.op_type](
         y_true=y_true,
         y_pred=y_pred,
         mask=mask,
+        extra_masks=extra_masks,
         padding_value=padding,
         params=tf.constant(params, tf.float64, shape=[len(params)]),
         Tout=_inputs.accumulator_dtype(y_pred.dtype),

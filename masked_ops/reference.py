@@ -14,17 +14,23 @@ from masked_ops.specs import MaskedSums
 def masked_loss(spec, y_true, y_pred, mask, padding_value, reduction, params=()):
     """(loss, sum, weight_sum, count) of sum(w * spec.value(t, p, *params)) over kept positions."""
     _inputs.check_reduction(reduction)
-    y_true, y_pred, mask, padding, has_padding = _inputs.prepare(
+    y_true, y_pred, mask, extra_masks, padding, has_padding = _inputs.prepare(
         y_true, y_pred, mask, padding_value
     )
     acc = _inputs.accumulator_dtype(y_pred.dtype)
     t = tf.cast(y_true, acc)
     p = tf.cast(y_pred, acc)
-    # A leading-prefix mask (B, T) on (B, T, F) broadcasts over the trailing dims.
-    rank_gap = y_pred.shape.rank - mask.shape.rank
-    w = tf.cast(mask, acc)
-    w = tf.reshape(w, tf.concat([tf.shape(w), tf.ones([rank_gap], tf.int32)], 0))
-    w = tf.broadcast_to(w, tf.shape(t))
+    # Leading-prefix masks (B, T) on (B, T, F) broadcast over the trailing
+    # dims; several masks multiply (booleans as 0/1).
+    masks = [mask, *extra_masks]
+    for i, m in enumerate(masks):
+        if not _is_leading_prefix(m.shape, y_pred.shape):
+            name = "mask" if len(masks) == 1 else f"mask[{i}]"
+            raise ValueError(
+                f"{name} shape {m.shape} must equal the inputs' shape {y_pred.shape} or be a "
+                f"leading prefix of it"
+            )
+    w = _inputs.combined_weight(masks, tf.shape(t), y_pred.shape.rank, acc)
     keep = tf.not_equal(w, 0)
     bad_padding = tf.constant(False)
     if has_padding:
@@ -51,6 +57,12 @@ def masked_loss(spec, y_true, y_pred, mask, padding_value, reduction, params=())
         nan = tf.constant(float("nan"), acc)
         loss, total, weight_sum = (tf.where(bad_padding, nan, x) for x in (loss, total, weight_sum))
     return loss, total, weight_sum, count
+
+
+def _is_leading_prefix(prefix, shape):
+    if prefix.rank is None or shape.rank is None:
+        return True
+    return prefix.rank <= shape.rank and prefix.is_compatible_with(shape[: prefix.rank])
 
 
 def masked_squared_error_sums(y_true, y_pred, mask=None, *, padding_value=None):

@@ -107,6 +107,22 @@ def full_weights(weights, shape):
     return np.broadcast_to(weights.reshape(weights.shape + (1,) * gap), shape)
 
 
+def combined_weights(masks, pred_dtype, shape):
+    """Full float64 weights of several masks (a list) as the kernels combine
+    them: in list order, in the accumulator dtype, the product of the
+    weights, or 0 once any of them is 0."""
+    acc = np_dtype(accumulator(pred_dtype))
+    combined = None
+    for m in masks:
+        w = np.asarray(full_weights(kernel_weights(m, pred_dtype), shape)).astype(acc)
+        if combined is None:
+            combined = w
+        else:
+            with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+                combined = np.where((combined != 0) & (w != 0), combined * w, acc.type(0))
+    return combined.astype(np.float64)
+
+
 def reduce_to_mask(full, mask_shape):
     """Sums an elementwise array over the dimensions a prefix mask covers."""
     full = np.asarray(full, np.float64)

@@ -231,6 +231,7 @@ def raw_inputs(dtype):
         "mask": tf.constant(True),
         "padding_value": padding,
         "params": tf.zeros([0], tf.float64),
+        "extra_masks": [],
     }
 
 
@@ -310,5 +311,37 @@ def test_raw_grad_op_with_non_scalar_upstream_is_invalid_argument():
             grad_weight_sum=zero,
             loss=zero,
             weight_sum=zero,
+            **args,
+        )
+
+
+def test_raw_op_refuses_extra_masks_of_another_dtype_or_shape():
+    args = raw_inputs(tf.float32)
+    args["extra_masks"] = [tf.ones([4], tf.float64)]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"mask\[1\] .* must be bool, float"):
+        op_library.masked_ops_squared_error(**args, Tout=tf.float32)
+    args["extra_masks"] = [tf.ones([4]), tf.ones([3], tf.bool)]
+    with pytest.raises(
+        (tf.errors.InvalidArgumentError, ValueError), match=r"mask\[2\] .*leading prefix"
+    ):
+        op_library.masked_ops_squared_error(**args, Tout=tf.float32)
+    args["extra_masks"] = [tf.constant(True)] * 5
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at most 5 masks"):
+        op_library.masked_ops_squared_error(**args, Tout=tf.float32)
+
+
+def test_raw_grad_op_refuses_a_mask_gradient_with_extra_masks():
+    args = raw_inputs(tf.float32)
+    args["mask"] = tf.ones([4])
+    args["extra_masks"] = [tf.ones([4, 3], tf.bool)]
+    zero = tf.zeros([])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="extra_masks"):
+        op_library.masked_ops_squared_error_grad(
+            grad_loss=zero,
+            grad_sum=zero,
+            grad_weight_sum=zero,
+            loss=zero,
+            weight_sum=zero,
+            want_mask=True,
             **args,
         )

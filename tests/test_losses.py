@@ -227,6 +227,7 @@ def test_raw_op_refuses_wrong_or_invalid_params():
         "y_pred": tf.zeros([3]),
         "mask": tf.constant(True),
         "padding_value": tf.constant(0.0, tf.float64),
+        "extra_masks": [],
         "Tout": tf.float32,
     }
     with pytest.raises(tf.errors.InvalidArgumentError, match="params must be a vector of 1"):

@@ -14,6 +14,7 @@
 // Masking is a select, never a multiply, so NaN/Inf under the mask never leak.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "numeric_types.h"
@@ -28,6 +29,7 @@ enum class Status : int {
   kWorkspaceTooSmall = 2,
   kLaunchFailed = 3,  // CUDA launch / runtime error
   kMisaligned = 4,    // a buffer is not aligned to its element size
+  kExtraMaskGradient = 5,  // a mask gradient was asked for with extra masks
 };
 
 inline const char* status_message(Status s) {
@@ -42,6 +44,8 @@ inline const char* status_message(Status s) {
       return "CUDA kernel launch failed";
     case Status::kMisaligned:
       return "an input or output buffer is not aligned to its element size";
+    case Status::kExtraMaskGradient:
+      return "mask gradients are not computed by the kernels when extra masks are given";
   }
   return "unknown status";
 }
@@ -62,6 +66,53 @@ MO_HD bool is_aligned(const P* p) {
   return reinterpret_cast<uintptr_t>(p) % alignof(P) == 0;
 }
 
+// Further masks combined with `mask` in the same pass (several masks: a
+// padding mask and a weight tensor, two boolean masks), without materializing
+// their product: an element's weight is the product of every mask's weight
+// for it (booleans as 0/1, so booleans AND), in the accumulator type, in list
+// order after `mask`. Each has its own dtype (kind) and its own leading-prefix
+// shape (mask_n entries, as `mask`). The kernels compute no mask gradient with
+// extra masks (kExtraMaskGradient); adapters derive those from the gradient
+// of the combined weight.
+enum class MaskKind : int {
+  kBool = 0,         // bool (read as bytes: any non-zero byte is true)
+  kInput = 1,        // the inputs' dtype T
+  kAccumulator = 2,  // acc_t<T>
+};
+
+struct ExtraMask {
+  const void* data = nullptr;
+  int64_t mask_n = 1;
+  MaskKind kind = MaskKind::kBool;
+};
+
+struct ExtraMasks {
+  static constexpr int kMax = 4;
+  ExtraMask mask[kMax];
+  int size = 0;
+
+  // Whether the combined weights stay 0/1 (every extra mask boolean).
+  bool all_bool() const {
+    for (int k = 0; k < size; ++k) {
+      if (mask[k].kind != MaskKind::kBool) return false;
+    }
+    return true;
+  }
+};
+
+template <typename T>
+size_t mask_kind_bytes(MaskKind kind) {
+  switch (kind) {
+    case MaskKind::kBool:
+      return 1;
+    case MaskKind::kInput:
+      return sizeof(T);
+    case MaskKind::kAccumulator:
+      return sizeof(acc_t<T>);
+  }
+  return 1;
+}
+
 // The mask has mask_n entries and each covers `inner` consecutive elements:
 // mask_n == n means an elementwise mask, a leading-prefix mask (B, T) on
 // inputs (B, T, F) has inner == F, and a 0-d mask (mask_n == 1) covers all.
@@ -74,11 +125,27 @@ struct MaskedInputs {
   int64_t n = 0;
   int64_t mask_n = 1;
   double padding_value = 0.0;
+  ExtraMasks extra;
 
   int64_t inner() const { return mask_n == 0 ? 0 : n / mask_n; }
-  bool aligned() const { return is_aligned(y_true) && is_aligned(y_pred) && is_aligned(mask); }
+  bool aligned() const {
+    bool ok = is_aligned(y_true) && is_aligned(y_pred) && is_aligned(mask);
+    for (int k = 0; k < extra.size; ++k) {
+      ok = ok && reinterpret_cast<uintptr_t>(extra.mask[k].data) %
+                         mask_kind_bytes<T>(extra.mask[k].kind) ==
+                     0;
+    }
+    return ok;
+  }
+  static bool covers(int64_t n, int64_t entries) {
+    return entries >= 0 && (entries == 0 ? n == 0 : n % entries == 0);
+  }
   bool valid_shape() const {
-    return n >= 0 && mask_n >= 0 && (mask_n == 0 ? n == 0 : n % mask_n == 0);
+    bool ok = n >= 0 && covers(n, mask_n) && extra.size >= 0 && extra.size <= ExtraMasks::kMax;
+    for (int k = 0; ok && k < extra.size; ++k) {
+      ok = covers(n, extra.mask[k].mask_n) && extra.mask[k].data != nullptr;
+    }
+    return ok;
   }
 };
 

@@ -175,9 +175,121 @@ void expand_rows(const M* mask, int64_t inner, int64_t begin, int64_t len, M* ou
   }
 }
 
+// ---- several masks: combined per block, never materialized -----------------
+
+template <class X>
+struct TypeTag {
+  using type = X;
+};
+
+// Combines two weights: their product, or 0 when either is 0 (so a NaN or
+// Inf weight under another mask's 0 is not kept: 0 * NaN would be NaN).
+template <class Acc>
+Acc combine(Acc a, Acc b) {
+  return a != Acc(0) && b != Acc(0) ? a * b : Acc(0);
+}
+
+// Combines out[j] with the weight of element begin + j under a mask of mask_n
+// entries of type E (0/1 for booleans), for j in [0, len).
+template <class Acc, class E>
+void multiply_weights(const E* mask, int64_t n, int64_t mask_n, int64_t begin, int64_t len,
+                      Acc* out) {
+  if (mask_n == n) {
+    if constexpr (std::is_same<E, bool>::value) {
+      const uint8_t* bytes = reinterpret_cast<const uint8_t*>(mask) + begin;
+      for (int64_t j = 0; j < len; ++j) out[j] = bytes[j] != 0 ? out[j] : Acc(0);
+    } else {
+      for (int64_t j = 0; j < len; ++j) out[j] = combine(out[j], Acc(to_acc(mask[begin + j])));
+    }
+    return;
+  }
+  const int64_t inner = n / mask_n;
+  for (int64_t pos = begin, row = begin / inner; pos < begin + len; ++row) {
+    const int64_t seg_end = std::min(begin + len, (row + 1) * inner);
+    Acc w;
+    if constexpr (std::is_same<E, bool>::value) {
+      w = reinterpret_cast<const uint8_t*>(mask)[row] != 0 ? Acc(1) : Acc(0);
+    } else {
+      w = to_acc(mask[row]);
+    }
+    for (int64_t j = pos - begin; j < seg_end - begin; ++j) out[j] = combine(out[j], w);
+    pos = seg_end;
+  }
+}
+
+// The combined weight of elements [begin, begin + len): `mask` times every
+// extra mask, in list order. Returns whether any is non-zero.
+template <class T, class M>
+bool combined_weights(const MaskedInputs<T, M>& in, int64_t begin, int64_t len, acc_t<T>* out) {
+  using Acc = acc_t<T>;
+  std::fill(out, out + len, Acc(1));
+  if (in.mask != nullptr) multiply_weights(in.mask, in.n, in.mask_n, begin, len, out);
+  for (int k = 0; k < in.extra.size; ++k) {
+    const ExtraMask& e = in.extra.mask[k];
+    switch (e.kind) {
+      case MaskKind::kBool:
+        multiply_weights(static_cast<const bool*>(e.data), in.n, e.mask_n, begin, len, out);
+        break;
+      case MaskKind::kInput:
+        multiply_weights(static_cast<const T*>(e.data), in.n, e.mask_n, begin, len, out);
+        break;
+      case MaskKind::kAccumulator:
+        multiply_weights(static_cast<const Acc*>(e.data), in.n, e.mask_n, begin, len, out);
+        break;
+    }
+  }
+  bool any = false;
+  for (int64_t j = 0; j < len; ++j) any |= out[j] != Acc(0);
+  return any;
+}
+
+// As combined_weights for boolean masks only: 0/1 bytes, so the binary
+// (count == weight_sum) path applies.
+template <class T, class M>
+bool combined_flags(const MaskedInputs<T, M>& in, int64_t begin, int64_t len, bool* out) {
+  acc_t<T> w[kBlock];
+  const bool any = combined_weights(in, begin, len, w);
+  for (int64_t j = 0; j < len; ++j) out[j] = w[j] != acc_t<T>(0);
+  return any;
+}
+
+template <class Loss, class T, class M>
+Partial forward_range_combined(const Loss& loss, const MaskedInputs<T, M>& in, int64_t begin,
+                               int64_t end) {
+  using Acc = acc_t<T>;
+  const Acc pad = Acc(in.padding_value);
+  Partial total;
+  auto run = [&](auto weight_type) {
+    using W = typename decltype(weight_type)::type;
+    LaneSums<Acc, std::is_same<W, bool>::value> acc;
+    W combined[kBlock];
+    for (int64_t b = begin; b < end; b += kBlock) {
+      const int64_t len = std::min(kBlock, end - b);
+      bool any;
+      if constexpr (std::is_same<W, bool>::value) {
+        any = combined_flags(in, b, len, combined);
+      } else {
+        any = combined_weights(in, b, len, combined);
+      }
+      // A block nothing keeps: its inputs need not be read.
+      if (!any) continue;
+      accumulate<Loss, T, W, true>(loss, acc, in.y_true + b, in.y_pred + b, combined, Acc(1), pad,
+                                   len);
+      acc.flush(total);
+    }
+  };
+  if (std::is_same<M, bool>::value && in.extra.all_bool()) {
+    run(TypeTag<bool>{});
+  } else {
+    run(TypeTag<Acc>{});
+  }
+  return total;
+}
+
 template <class Loss, class T, class M>
 Partial forward_range(const Loss& loss, const MaskedInputs<T, M>& in, int64_t begin, int64_t end) {
   using Acc = acc_t<T>;
+  if (in.extra.size > 0) return forward_range_combined(loss, in, begin, end);
   const Acc pad = Acc(in.padding_value);
   const int64_t inner = in.inner();
   LaneSums<Acc, std::is_same<M, bool>::value> acc;
@@ -278,6 +390,36 @@ void backward_tasks(const Loss& loss, const MaskedInputs<T, M>& in, GradCoeffici
     return in.mask != nullptr ? MaskWeight<Acc, M>::of(in.mask[row]) : Acc(1);
   };
 
+  if constexpr (!kMask) {
+    if (in.extra.size > 0) {
+      // Several masks: each block's combined weights, then the elementwise path.
+      auto run = [&](auto weight_type) {
+        using W = typename decltype(weight_type)::type;
+        parallel_for(num_chunks(n), kChunk, [&](int64_t first, int64_t last) {
+          W combined[kBlock];
+          const int64_t end = std::min(n, last * kChunk);
+          for (int64_t b = first * kChunk; b < end; b += kBlock) {
+            const int64_t len = std::min(kBlock, end - b);
+            if constexpr (std::is_same<W, bool>::value) {
+              combined_flags(in, b, len, combined);
+            } else {
+              combined_weights(in, b, len, combined);
+            }
+            backward_span<Loss, T, W, true, kTrue, kPred, false>(
+                loss, in.y_true + b, in.y_pred + b, combined, Acc(1), pad, k, len,
+                offset(grad_true, b), offset(grad_pred, b), nullptr);
+          }
+        });
+      };
+      if (std::is_same<M, bool>::value && in.extra.all_bool()) {
+        run(TypeTag<bool>{});
+      } else {
+        run(TypeTag<Acc>{});
+      }
+      return;
+    }
+  }
+
   if (elementwise) {
     parallel_for(num_chunks(n), kChunk, [&](int64_t first, int64_t last) {
       for (int64_t c = first; c < last; ++c) {
@@ -377,6 +519,7 @@ Status backward(const Loss& loss, const MaskedInputs<T, M>& in, Reduction reduct
   if (!in.aligned() || !is_aligned(grad_true) || !is_aligned(grad_pred) || !is_aligned(grad_mask)) {
     return Status::kMisaligned;
   }
+  if (grad_mask != nullptr && in.extra.size > 0) return Status::kExtraMaskGradient;
   IeeeSubnormals ieee;
   const ParallelFor guarded = with_ieee_subnormals(parallel_for);
   const auto k = grad_coefficients(*scalars.grad_loss, *scalars.grad_sum, *scalars.grad_weight_sum,

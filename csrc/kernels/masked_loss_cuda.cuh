@@ -343,6 +343,41 @@ __device__ __forceinline__ int64_t grid_threads() { return int64_t(gridDim.x) * 
 
 // ---- elementwise traversal ---------------------------------------------------
 
+// Extra masks (MaskedInputs::extra) as the kernels read them: scalar loads,
+// one per mask per element, their dtype a run-time (warp-uniform) choice so
+// that several masks cost no further instantiations.
+struct ExtraArgs {
+  const void* data[ExtraMasks::kMax];
+  int64_t inner[ExtraMasks::kMax];
+  MaskKind kind[ExtraMasks::kMax];
+  int size;
+};
+
+// w combined with the extra masks' weights of element i: the product, or 0
+// once any weight is 0 (0 * NaN would keep a NaN weight), in list order.
+template <typename T>
+__device__ __forceinline__ acc_t<T> with_extra_weights(acc_t<T> w, const ExtraArgs& e,
+                                                       int64_t i) {
+  using Acc = acc_t<T>;
+  for (int k = 0; k < e.size && w != Acc(0); ++k) {
+    const int64_t index = e.inner[k] == 1 ? i : i / e.inner[k];
+    Acc m;
+    switch (e.kind[k]) {
+      case MaskKind::kBool:
+        m = load(static_cast<const uint8_t*>(e.data[k]) + index) != 0 ? Acc(1) : Acc(0);
+        break;
+      case MaskKind::kInput:
+        m = Acc(load_acc(load(static_cast<const T*>(e.data[k]) + index)));
+        break;
+      default:
+        m = load(static_cast<const Acc*>(e.data[k]) + index);
+        break;
+    }
+    w = m != Acc(0) ? w * m : Acc(0);
+  }
+  return w;
+}
+
 template <typename T, typename RM>
 struct ElementArgs {
   const T* y_true;
@@ -350,23 +385,65 @@ struct ElementArgs {
   const RM* mask;  // null: weight 1 everywhere (kConst only)
   acc_t<T> pad;
   ElementPlan plan;
+  ExtraArgs extra;
+  bool extra_all_bool;
 };
 
 // Turns visit_tile's indices into mask weights for the op: op.vector(i, w)
 // with the V weights of the unit at element i, op.uniform(i, w) when they are
 // all w, op.scalar(i, w) for one element.
-template <MaskMode kMode, int V, typename Acc, typename RM, class Op>
+template <MaskMode kMode, int V, typename T, typename RM, class Op>
 struct WeightedVisit {
+  using Acc = acc_t<T>;
   const RM* mask;
   int64_t inner;
   Acc const_weight;  // kConst
+  const ExtraArgs& extra;
   Op& op;
 
   __device__ __forceinline__ void scalar(int64_t i, int64_t m) {
-    op.scalar(i, kMode == MaskMode::kConst ? const_weight : mask_weight<Acc>(mask, m));
+    Acc w = kMode == MaskMode::kConst ? const_weight : mask_weight<Acc>(mask, m);
+    if (extra.size > 0) w = with_extra_weights<T>(w, extra, i);
+    op.scalar(i, w);
   }
 
   __device__ __forceinline__ void unit(int64_t i, int64_t row, int64_t col) {
+    if (extra.size > 0) {
+      with_extras(i, row, col);
+    } else {
+      plain_unit(i, row, col);
+    }
+  }
+
+  // The unit's weights from `mask` alone, times the extra masks' weights.
+  __device__ __forceinline__ void with_extras(int64_t i, int64_t row, int64_t col) {
+    struct Collect {
+      Acc* w;
+      bool uniform_zero = false;
+      __device__ __forceinline__ void vector(int64_t, const Acc* v) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) w[j] = v[j];
+      }
+      __device__ __forceinline__ void uniform(int64_t, Acc v) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) w[j] = v;
+        uniform_zero = v == Acc(0);
+      }
+    };
+    Acc w[V];
+    Collect collect{w};
+    WeightedVisit<kMode, V, T, RM, Collect> base{mask, inner, const_weight, extra, collect};
+    base.plain_unit(i, row, col);
+    if (collect.uniform_zero) {
+      op.uniform(i, Acc(0));
+      return;
+    }
+#pragma unroll
+    for (int j = 0; j < V; ++j) w[j] = with_extra_weights<T>(w[j], extra, i + j);
+    op.vector(i, w);
+  }
+
+  __device__ __forceinline__ void plain_unit(int64_t i, int64_t row, int64_t col) {
     if constexpr (kMode == MaskMode::kConst) {
       op.uniform(i, const_weight);
     } else if constexpr (kMode == MaskMode::kElementwise) {
@@ -393,10 +470,12 @@ struct WeightedVisit {
 };
 
 // Runs op over the elements of tile blockIdx.x that this thread owns.
-template <MaskMode kMode, int V, typename Acc, typename T, typename RM, class Op>
+template <MaskMode kMode, int V, typename T, typename RM, class Op>
 __device__ __forceinline__ void for_each_element(const ElementArgs<T, RM>& a, Op& op) {
-  WeightedVisit<kMode, V, Acc, RM, Op> visit{
-      a.mask, a.plan.inner, kMode == MaskMode::kConst ? mask_weight<Acc>(a.mask, 0) : Acc(0), op};
+  using Acc = acc_t<T>;
+  WeightedVisit<kMode, V, T, RM, Op> visit{
+      a.mask, a.plan.inner, kMode == MaskMode::kConst ? mask_weight<Acc>(a.mask, 0) : Acc(0),
+      a.extra, op};
   visit_tile<kMode, V>(a.plan, int64_t(blockIdx.x), int(threadIdx.x), visit);
 }
 
@@ -448,6 +527,8 @@ struct ForwardOp {
   const T* y_true;
   const T* y_pred;
   Acc pad;
+  // kBinary with a floating-point extra mask: the weights are no longer 0/1.
+  bool weighted;
   double sum = 0.0;
   double weight_sum = 0.0;
   long long count = 0;
@@ -458,13 +539,14 @@ struct ForwardOp {
 #pragma unroll
     for (int j = 0; j < len; ++j) {
       const bool keep = (w[j] != Acc(0)) && (t[j] != pad);
-      const Acc value = kBinary ? loss.value(t[j], p[j]) : loss.value(t[j], p[j]) * w[j];
+      const bool binary = kBinary && !weighted;
+      const Acc value = binary ? loss.value(t[j], p[j]) : loss.value(t[j], p[j]) * w[j];
       s += keep ? value : Acc(0);
-      if (!kBinary) ws += keep ? w[j] : Acc(0);
+      if (!binary) ws += keep ? w[j] : Acc(0);
       c += keep ? 1 : 0;
     }
     sum += double(s);
-    if (!kBinary) weight_sum += double(ws);
+    if (!kBinary || weighted) weight_sum += double(ws);
     count += c;
   }
 
@@ -495,9 +577,10 @@ template <class Loss, typename T, typename RM, MaskMode kMode, int V>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const Loss loss, const ElementArgs<T, RM> a, Partial* __restrict__ partials) {
   constexpr bool kBinary = std::is_same<RM, uint8_t>::value;
-  ForwardOp<Loss, T, kBinary, V> op{loss, a.y_true, a.y_pred, a.pad};
-  for_each_element<kMode, V, acc_t<T>>(a, op);
-  Partial p{op.sum, kBinary ? double(op.count) : op.weight_sum, op.count};
+  const bool weighted = a.extra.size > 0 && !a.extra_all_bool;
+  ForwardOp<Loss, T, kBinary, V> op{loss, a.y_true, a.y_pred, a.pad, weighted};
+  for_each_element<kMode, V>(a, op);
+  Partial p{op.sum, kBinary && !weighted ? double(op.count) : op.weight_sum, op.count};
   p = block_sum(p);
   if (threadIdx.x == 0) partials[blockIdx.x] = p;
 }
@@ -600,7 +683,7 @@ __global__ void __launch_bounds__(kThreads)
   BackwardOp<Loss, T, RM, V> op{
       loss,      a.y_true,  a.y_pred, a.pad, load_coefficients(scalars, reduction),
       grad_true, grad_pred, grad_mask};
-  for_each_element<kMode, V, acc_t<T>>(a, op);
+  for_each_element<kMode, V>(a, op);
 }
 
 template <typename T, typename M>
@@ -776,6 +859,13 @@ ElementArgs<T, raw_mask_t<M>> element_args(const MaskedInputs<T, M>& in, MaskMod
   a.pad = acc_t<T>(in.padding_value);
   a.plan = plan_elements(in.y_true, in.y_pred, a.mask, in.n, in.inner(), mode, out_a, out_b,
                          out_mask, vectorized);
+  a.extra.size = in.extra.size;
+  for (int k = 0; k < in.extra.size; ++k) {
+    a.extra.data[k] = in.extra.mask[k].data;
+    a.extra.kind[k] = in.extra.mask[k].kind;
+    a.extra.inner[k] = in.extra.mask[k].mask_n > 0 ? in.n / in.extra.mask[k].mask_n : 1;
+  }
+  a.extra_all_bool = in.extra.all_bool();
   return a;
 }
 
@@ -830,6 +920,7 @@ Status backward(const Loss& loss, const MaskedInputs<T, M>& in, Reduction reduct
       !is_aligned(scalars.weight_sum) || !aligned_to(workspace, alignof(double))) {
     return Status::kMisaligned;
   }
+  if (grad_mask != nullptr && in.extra.size > 0) return Status::kExtraMaskGradient;
   RM* mask_out = nullptr;
   if constexpr (!std::is_same<M, bool>::value) mask_out = grad_mask;
   if (grad_true == nullptr && grad_pred == nullptr && mask_out == nullptr) return Status::kOk;

@@ -2,7 +2,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor_shape.h"
@@ -27,20 +29,24 @@ absl::Status MergeInputShapes(InferenceContext* c, int y_true, int y_pred, int m
   }
   ShapeHandle unused;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(padding), 0, &unused));
-  const ShapeHandle m = c->input(mask);
-  if (c->RankKnown(m) && c->RankKnown(*inputs)) {
-    if (c->Rank(m) > c->Rank(*inputs)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("mask shape ", c->DebugString(m), " must equal the inputs' shape ",
-                       c->DebugString(*inputs), " or be a leading prefix of it"));
-    }
+  std::vector<ShapeHandle> masks = {c->input(mask)};
+  std::vector<ShapeHandle> extras;
+  TF_RETURN_IF_ERROR(c->input("extra_masks", &extras));
+  masks.insert(masks.end(), extras.begin(), extras.end());
+  for (size_t k = 0; k < masks.size(); ++k) {
+    const ShapeHandle m = masks[k];
+    if (!c->RankKnown(m) || !c->RankKnown(*inputs)) continue;
+    const std::string name =
+        k == 0 ? std::string("mask") : absl::StrCat("mask[", k, "] (extra_masks[", k - 1, "])");
+    const auto error = [&] {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, " shape ", c->DebugString(m), " must equal the inputs' shape ",
+          c->DebugString(*inputs), " or be a leading prefix of it"));
+    };
+    if (c->Rank(m) > c->Rank(*inputs)) return error();
     ShapeHandle prefix;
     TF_RETURN_IF_ERROR(c->Subshape(*inputs, 0, c->Rank(m), &prefix));
-    if (!c->Merge(prefix, m, &unused).ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("mask shape ", c->DebugString(m), " must equal the inputs' shape ",
-                       c->DebugString(*inputs), " or be a leading prefix of it"));
-    }
+    if (!c->Merge(prefix, m, &unused).ok()) return error();
   }
   return absl::OkStatus();
 }
@@ -98,6 +104,41 @@ absl::Status ValidateInputs(const tf::Tensor& y_true, const tf::Tensor& y_pred,
                        size, " = ", address % size,
                        "), as tensors imported from foreign memory (DLPack) can be; "
                        "make an aligned copy first"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateExtraMasks(const tf::OpInputList& extras, const tf::Tensor& y_pred,
+                                tf::DataType accumulator) {
+  if (extras.size() > ExtraMasks::kMax) {
+    return absl::InvalidArgumentError(absl::StrCat("at most ", 1 + ExtraMasks::kMax,
+                                                   " masks can be combined, got ",
+                                                   1 + extras.size()));
+  }
+  const tf::TensorShape& shape = y_pred.shape();
+  for (int k = 0; k < extras.size(); ++k) {
+    const tf::Tensor& m = extras[k];
+    const tf::DataType d = m.dtype();
+    if (d != tf::DT_BOOL && d != y_pred.dtype() && d != accumulator) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "mask[", k + 1, "] (extra_masks[", k, "]) must be bool, ", tf::DataTypeString(y_pred.dtype()), " or ",
+          tf::DataTypeString(accumulator), ", got ", tf::DataTypeString(d)));
+    }
+    bool prefix = m.dims() <= shape.dims();
+    for (int i = 0; prefix && i < m.dims(); ++i) prefix = m.dim_size(i) == shape.dim_size(i);
+    if (!prefix) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "mask[", k + 1, "] (extra_masks[", k, "]) shape ", m.shape().DebugString(),
+          " must equal the inputs' shape ", shape.DebugString(), " or be a leading prefix of it"));
+    }
+    const size_t size = tf::DataTypeSize(d);
+    const auto address = reinterpret_cast<uintptr_t>(m.tensor_data().data());
+    if (size > 1 && address % size != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "mask[", k + 1, "] (extra_masks[", k, "])'s buffer is not aligned to its ", size,
+          "-byte elements, as tensors imported from foreign memory (DLPack) can be; make an "
+          "aligned copy first"));
     }
   }
   return absl::OkStatus();

@@ -49,6 +49,11 @@ absl::Status GradShape(tf::shape_inference::InferenceContext* c);
 absl::Status ValidateInputs(const tf::Tensor& y_true, const tf::Tensor& y_pred,
                             const tf::Tensor& mask, const tf::Tensor& padding_value);
 
+// Checks the extra masks: at most ExtraMasks::kMax, each of dtype bool, T or
+// T's accumulator dtype, shaped as `mask` may be, element-aligned.
+absl::Status ValidateExtraMasks(const tf::OpInputList& extras, const tf::Tensor& y_pred,
+                                tf::DataType accumulator);
+
 absl::Status ParseReduction(const std::string& name, Reduction* reduction);
 
 // Tout must be the accumulator dtype of T (float32 for 16-bit inputs).
@@ -85,13 +90,25 @@ absl::Status PaddingValue(const tf::Tensor& padding_value, bool has_padding_valu
 
 template <typename T, typename M>
 absl::Status MakeInputs(const tf::Tensor& y_true, const tf::Tensor& y_pred, const tf::Tensor& mask,
-                        const tf::Tensor& padding_value, bool has_padding_value,
-                        MaskedInputs<kernel_t<T>, kernel_t<M>>* in) {
+                        const tf::OpInputList& extras, const tf::Tensor& padding_value,
+                        bool has_padding_value, MaskedInputs<kernel_t<T>, kernel_t<M>>* in) {
+  using Acc = acc_t<kernel_t<T>>;
+  TF_RETURN_IF_ERROR(ValidateExtraMasks(extras, y_pred, tf::DataTypeToEnum<Acc>::v()));
   in->y_true = InputData<kernel_t<T>>(y_true);
   in->y_pred = InputData<kernel_t<T>>(y_pred);
   in->mask = InputData<kernel_t<M>>(mask);
   in->n = y_true.NumElements();
   in->mask_n = mask.NumElements();
+  in->extra.size = extras.size();
+  for (int k = 0; k < extras.size(); ++k) {
+    ExtraMask& e = in->extra.mask[k];
+    e.data = extras[k].tensor_data().data();
+    e.mask_n = extras[k].NumElements();
+    const tf::DataType dtype = extras[k].dtype();
+    e.kind = dtype == tf::DT_BOOL                      ? MaskKind::kBool
+             : dtype == tf::DataTypeToEnum<T>::v()      ? MaskKind::kInput
+                                                        : MaskKind::kAccumulator;
+  }
   return PaddingValue<T>(padding_value, has_padding_value, &in->padding_value);
 }
 
@@ -149,9 +166,11 @@ class MaskedLossOp : public tf::OpKernel {
     }
     tf::Tensor* count = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, tf::TensorShape({}), &count));
+    tf::OpInputList extras;
+    OP_REQUIRES_OK(ctx, ctx->input_list("extra_masks", &extras));
     MaskedInputs<kernel_t<T>, kernel_t<M>> in;
-    OP_REQUIRES_OK(
-        ctx, (MakeInputs<T, M>(y_true, y_pred, mask, padding_value, has_padding_value_, &in)));
+    OP_REQUIRES_OK(ctx, (MakeInputs<T, M>(y_true, y_pred, mask, extras, padding_value,
+                                          has_padding_value_, &in)));
     OP_REQUIRES_OK(
         ctx, (Launch<Device, Loss, T, M>::Forward(
                  ctx, loss, in, reduction_, out[0]->flat<Acc>().data(), out[1]->flat<Acc>().data(),
@@ -216,9 +235,15 @@ class MaskedLossGradOp : public tf::OpKernel {
     scalars.grad_weight_sum = InputData<Acc>(ctx->input(2));
     scalars.loss = InputData<Acc>(ctx->input(8));
     scalars.weight_sum = InputData<Acc>(ctx->input(9));
+    tf::OpInputList extras;
+    OP_REQUIRES_OK(ctx, ctx->input_list("extra_masks", &extras));
+    OP_REQUIRES(ctx, !(want_mask_ && extras.size() > 0),
+                absl::InvalidArgumentError(
+                    "want_mask=True with extra_masks: the kernels compute no mask gradient for "
+                    "several masks (masked_ops derives it from the combined weight)"));
     MaskedInputs<kernel_t<T>, kernel_t<M>> in;
-    OP_REQUIRES_OK(
-        ctx, (MakeInputs<T, M>(y_true, y_pred, mask, padding_value, has_padding_value_, &in)));
+    OP_REQUIRES_OK(ctx, (MakeInputs<T, M>(y_true, y_pred, mask, extras, padding_value,
+                                          has_padding_value_, &in)));
     OP_REQUIRES_OK(ctx, (Launch<Device, Loss, T, M>::Backward(
                             ctx, loss, in, reduction_, scalars,
                             DataOrNull<T, kernel_t<T>>(grad_true, want_true_),
@@ -237,7 +262,9 @@ class MaskedLossGradOp : public tf::OpKernel {
 }  // namespace tf_adapter
 }  // namespace masked_ops
 
-// Registers the forward op NAME and its gradient op NAME "Grad".
+// Registers the forward op NAME and its gradient op NAME "Grad". extra_masks
+// (last, so the other inputs keep their indices) are further masks combined
+// with `mask` in the kernel; any number up to ExtraMasks::kMax.
 // The accumulator dtype Tout is float32 for 16-bit and float32 inputs and
 // float64 for float64 inputs; the Python wrapper sets it.
 #define MASKED_OPS_REGISTER_LOSS_OPS(NAME)                 \
@@ -247,12 +274,14 @@ class MaskedLossGradOp : public tf::OpKernel {
       .Input("mask: M")                                    \
       .Input("padding_value: double")                      \
       .Input("params: double")                             \
+      .Input("extra_masks: E")                             \
       .Output("loss: Tout")                                \
       .Output("sum: Tout")                                 \
       .Output("weight_sum: Tout")                          \
       .Output("count: int64")                              \
       .Attr("T: {half, bfloat16, float, double}")          \
       .Attr("M: {bool, half, bfloat16, float, double}")    \
+      .Attr("E: list({bool, half, bfloat16, float, double}) >= 0") \
       .Attr("Tout: {float, double}")                       \
       .Attr("reduction: {'mean', 'sum'} = 'mean'")         \
       .Attr("has_padding_value: bool = false")             \
@@ -268,11 +297,13 @@ class MaskedLossGradOp : public tf::OpKernel {
       .Input("params: double")                             \
       .Input("loss: Tout")                                 \
       .Input("weight_sum: Tout")                           \
+      .Input("extra_masks: E")                             \
       .Output("grad_y_true: T")                            \
       .Output("grad_y_pred: T")                            \
       .Output("grad_mask: M")                              \
       .Attr("T: {half, bfloat16, float, double}")          \
       .Attr("M: {bool, half, bfloat16, float, double}")    \
+      .Attr("E: list({bool, half, bfloat16, float, double}) >= 0") \
       .Attr("Tout: {float, double}")                       \
       .Attr("reduction: {'mean', 'sum'} = 'mean'")         \
       .Attr("want_y_true: bool = false")                   \

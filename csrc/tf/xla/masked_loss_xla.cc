@@ -78,13 +78,41 @@ absl::Status Prepare(tf::XlaOpKernelContext* ctx, int first_input, bool has_padd
                 xla::And(xla::IsFinite(padding64), xla::Not(xla::IsFinite(rounded))));
   }
   xla::XlaOp mask_kept;
-  if (ctx->input_type(mask) == tf::DT_BOOL) {
+  out->w = xla::ConvertElementType(m, out->acc);
+  // Extra masks multiply the weight, in list order, as the kernels do.
+  std::vector<xla::XlaOp> extras;
+  std::vector<tf::TensorShape> extra_shapes;
+  TF_RETURN_IF_ERROR(ctx->InputList("extra_masks", &extras, &extra_shapes));
+  if (extras.size() > static_cast<size_t>(ExtraMasks::kMax)) {
+    return absl::InvalidArgumentError(absl::StrCat("at most ", 1 + ExtraMasks::kMax,
+                                                   " masks can be combined, got ",
+                                                   1 + extras.size()));
+  }
+  for (size_t k = 0; k < extras.size(); ++k) {
+    const tf::TensorShape& shape = extra_shapes[k];
+    bool ok = shape.dims() <= static_cast<int>(dims.size());
+    for (int i = 0; ok && i < shape.dims(); ++i) ok = shape.dim_size(i) == dims[i];
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "mask[", k + 1, "] (extra_masks[", k, "]) shape ", shape.DebugString(),
+          " must equal the inputs' shape ", xla::ShapeUtil::HumanString(pred_shape),
+          " or be a leading prefix of it"));
+    }
+    std::vector<int64_t> extra_dims(shape.dims());
+    for (int i = 0; i < shape.dims(); ++i) extra_dims[i] = i;
+    // The product, or 0 once any weight is 0 (0 * NaN would keep a NaN weight).
+    const xla::XlaOp wk = xla::ConvertElementType(
+        xla::BroadcastInDim(extras[k], out->dims, extra_dims), out->acc);
+    const xla::XlaOp zero = xla::ScalarLike(out->w, 0);
+    out->w = xla::Select(xla::And(xla::Ne(out->w, zero), xla::Ne(wk, zero)), out->w * wk,
+                         xla::ZerosLike(out->w));
+  }
+  if (ctx->input_type(mask) == tf::DT_BOOL && extras.empty()) {
     mask_kept = m;
-    out->w = xla::ConvertElementType(m, out->acc);
   } else {
-    out->w = xla::ConvertElementType(m, out->acc);
     mask_kept = xla::Ne(out->w, xla::ScalarLike(out->w, 0));
   }
+  out->num_extra_masks = static_cast<int>(extras.size());
   out->keep = not_padding ? xla::And(mask_kept, *not_padding) : mask_kept;
   const xla::XlaOp t = xla::ConvertElementType(t_in, out->acc);
   const xla::XlaOp p = xla::ConvertElementType(ctx->Input(y_pred), out->acc);

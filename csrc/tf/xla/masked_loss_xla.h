@@ -48,6 +48,7 @@ struct Prepared {
   xla::XlaOp bad_padding;
   std::vector<int64_t> dims;  // inputs' shape
   int64_t mask_rank;
+  int num_extra_masks;
 };
 
 absl::Status Prepare(tf::XlaOpKernelContext* ctx, int first_input, bool has_padding_value,
@@ -124,6 +125,10 @@ class MaskedLossGradXlaOp : public tf::XlaOpKernel {
     OP_REQUIRES(ctx, !(want_mask_ && ctx->input_type(5) == tf::DT_BOOL),
                 absl::InvalidArgumentError(
                     "want_mask=True needs a floating-point mask; a boolean mask has no gradient"));
+    OP_REQUIRES(ctx, !(want_mask_ && in.num_extra_masks > 0),
+                absl::InvalidArgumentError(
+                    "want_mask=True with extra_masks: no mask gradient for several masks "
+                    "(masked_ops derives it from the combined weight)"));
     const xla::XlaOp grad_loss = ctx->Input(0);
     const xla::XlaOp grad_sum = ctx->Input(1);
     const xla::XlaOp grad_weight_sum = ctx->Input(2);
