@@ -1,0 +1,139 @@
+#include "binding_common.h"
+
+#include <stdexcept>
+
+namespace masked_ops {
+namespace binding {
+
+const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::kHalf:
+      return "float16";
+    case DType::kBFloat16:
+      return "bfloat16";
+    case DType::kFloat:
+      return "float32";
+    case DType::kDouble:
+      return "float64";
+    case DType::kBool:
+      return "bool";
+  }
+  return "?";
+}
+
+std::optional<DType> parse_dtype_name(const std::string& name) {
+  for (DType d : {DType::kHalf, DType::kBFloat16, DType::kFloat, DType::kDouble, DType::kBool}) {
+    if (name == dtype_name(d)) return d;
+  }
+  return std::nullopt;
+}
+
+size_t itemsize(DType d) {
+  switch (d) {
+    case DType::kHalf:
+    case DType::kBFloat16:
+      return 2;
+    case DType::kFloat:
+      return 4;
+    case DType::kDouble:
+      return 8;
+    case DType::kBool:
+      return 1;
+  }
+  return 0;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::ostringstream s;
+  s << "(";
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << (shape.size() == 1 ? ",)" : ")");
+  return s.str();
+}
+
+int64_t num_elements(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+Reduction parse_reduction(const std::string& name) {
+  if (name == "mean") return Reduction::kMean;
+  if (name == "sum") return Reduction::kSum;
+  throw py::value_error("reduction must be 'mean' or 'sum', got '" + name + "'");
+}
+
+void check_shapes(const std::vector<int64_t>& y_true, const std::vector<int64_t>& y_pred,
+                  const std::vector<int64_t>* mask) {
+  if (y_true != y_pred) {
+    throw py::value_error("y_true and y_pred must have the same shape, got " + shape_str(y_true) +
+                          " and " + shape_str(y_pred));
+  }
+  if (mask == nullptr) return;
+  const bool prefix =
+      mask->size() <= y_pred.size() && std::equal(mask->begin(), mask->end(), y_pred.begin());
+  if (!prefix) {
+    throw py::value_error("mask shape " + shape_str(*mask) +
+                          " must equal the inputs' shape or a leading prefix of it; inputs have "
+                          "shape " +
+                          shape_str(y_pred));
+  }
+}
+
+void check_same_dtype(const char* name, DType got, DType want) {
+  if (got != want) {
+    throw py::type_error(std::string(name) + " has dtype " + dtype_name(got) + " but y_pred has " +
+                         dtype_name(want) + "; they must match");
+  }
+}
+
+namespace {
+
+bool is_16bit(DType t) { return t == DType::kHalf || t == DType::kBFloat16; }
+
+}  // namespace
+
+void check_mask_dtype(DType mask, DType t) {
+  if (mask != DType::kBool && mask != t && !(is_16bit(t) && mask == DType::kFloat)) {
+    throw py::type_error(std::string("mask must be bool, y_pred's dtype (") + dtype_name(t) + ")" +
+                         (is_16bit(t) ? " or float32" : "") + ", got " + dtype_name(mask));
+  }
+}
+
+double parse_padding(const py::object& padding_value) {
+  if (padding_value.is_none()) return std::nan("");
+  double v = 0.0;
+  try {
+    v = padding_value.cast<double>();
+  } catch (const py::cast_error&) {
+    throw py::type_error("padding_value must be a real number or None, got " +
+                         std::string(py::str(py::type::handle_of(padding_value).attr("__name__"))));
+  }
+  if (std::isnan(v)) {
+    throw py::value_error(
+        "padding_value=NaN would mask nothing (NaN equals nothing); pass a mask of "
+        "~isnan(y_true) instead");
+  }
+  return v;
+}
+
+std::vector<std::string> loss_names() {
+  std::vector<std::string> names;
+#define MASKED_OPS_BINDING_LOSS_NAME(FUNCTOR, OP, NAME) names.emplace_back(NAME);
+  MASKED_OPS_LOSS_LIST(MASKED_OPS_BINDING_LOSS_NAME)
+#undef MASKED_OPS_BINDING_LOSS_NAME
+  return names;
+}
+
+void check_status(Status s, const char* what) {
+  if (s != Status::kOk) {
+    throw std::runtime_error(std::string("masked_ops ") + what + " failed: " + status_message(s));
+  }
+}
+
+bool is_cuda_array(const py::handle& obj) {
+  return !obj.is_none() && py::hasattr(obj, "__cuda_array_interface__");
+}
+
+}  // namespace binding
+}  // namespace masked_ops

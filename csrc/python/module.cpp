@@ -1,0 +1,128 @@
+// pybind11 module masked_ops._kernels: the framework-free kernels without
+// TensorFlow, for tests and for GPU machines that have no TensorFlow. The
+// Python-facing API is documented in kModuleDoc below; the functions it names
+// are in host_arrays.cpp, cuda_arrays.cpp and thread_pool.cpp.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "binding_common.h"
+#include "entry_points.h"
+
+#if defined(MASKED_OPS_WITH_CUDA)
+#include "../kernels/masked_loss_cuda.h"
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+constexpr const char* kModuleDoc = R"doc(Masked-loss kernels without TensorFlow.
+
+Every loss of the loss table (`losses` lists their names; `loss_name=` picks one,
+`params=` gives its scalar parameters, e.g. loss_name="huber", params=[delta]).
+Semantics are those of the TF ops MaskedOps>...: with w the mask weight of an
+element (bool masks weigh 0/1), keep = (w != 0) and (y_true != padding_value)
+and value the loss's element function,
+  sum = sum(keep ? w * value(y_true, y_pred) : 0), weight_sum = sum(keep ? w : 0),
+  count = sum(keep), loss = sum / weight_sum (0 when weight_sum == 0) or sum.
+The mask has the inputs' shape or a leading prefix of it (a 0-d mask covers
+everything); None means no mask. padding_value None means no padding. Results
+accumulate in float32 for 16-bit and float32 inputs, float64 for float64, and
+are bitwise deterministic.
+
+Host (NumPy arrays: float16, ml_dtypes.bfloat16, float32, float64; masks bool,
+y_pred's dtype or float32 for 16-bit y_pred; C-contiguous, element-aligned),
+computed on several threads without the GIL:
+  forward(y_true, y_pred, mask=None, padding_value=None, reduction="mean", *,
+          loss_name="squared_error", params=())
+      -> (loss, sum, weight_sum, count): NumPy scalars of the accumulator dtype, int
+  backward(grad_loss, grad_sum, grad_weight_sum, y_true, y_pred, mask, padding_value,
+           loss, weight_sum, reduction="mean", want_y_true=False, want_y_pred=True,
+           want_mask=False, *, loss_name="squared_error", params=())
+      -> (grad_y_true, grad_y_pred, grad_mask), None where not wanted
+  set_num_threads(n), get_num_threads()
+
+CUDA (any object with __cuda_array_interface__, C-contiguous, aligned to its
+element size, on the current device; asynchronous, nothing is synchronized):
+the caller owns every buffer.
+  forward_workspace_bytes(n), backward_workspace_bytes(n, mask_n, want_mask)
+      (they depend on their arguments only, not on the device)
+  forward_cuda(y_true, y_pred, mask, padding_value, reduction, out, count, workspace)
+      out: accumulator-dtype array of 3 elements <- (loss, sum, weight_sum);
+      count: int64 array of 1 element; workspace: at least
+      forward_workspace_bytes(y_pred.size) bytes (None when that is 0).
+  backward_cuda(upstream, forward_out, y_true, y_pred, mask, padding_value, reduction,
+                grad_y_true=None, grad_y_pred=None, grad_mask=None, workspace=None)
+      upstream: accumulator-dtype array (grad_loss, grad_sum, grad_weight_sum);
+      forward_out: forward_cuda's `out`; each gradient array that is passed is
+      written (input or mask shape and dtype); workspace: at least
+      backward_workspace_bytes(n, mask.size, grad_mask is not None) bytes.
+  Both take the keyword arguments loss_name= and params= (as forward), dtype= (the
+  element type of y_true, y_pred, masks of that size and gradients: needed for
+  bfloat16, which the protocol has no typestr for, so 2-byte buffers are
+  reinterpreted; a '<f4' mask stays float32) and stream= (a cudaStream_t as an
+  int, or a torch.cuda.Stream / cupy.cuda.Stream). Without stream=, the stream
+  the arrays name is used (all that name one must agree); when none names one
+  (PyTorch tensors never do) stream= is required: the launch cannot be ordered
+  with the producer's stream otherwise.
+  Results are bitwise identical on every GPU model, SM count and MIG slice for
+  the same inputs at the same offsets from a 16-byte boundary.
+  cuda_runtime_version (the CUDA runtime the kernels were built with, 0 without
+  CUDA) and cuda_driver_version() (the installed driver's, 0 without one): the
+  driver must support the runtime's major version, else the calls raise with
+  the fix.
+with_cuda tells whether the CUDA functions were compiled in.)doc";
+
+}  // namespace
+
+PYBIND11_MODULE(_kernels, m) {
+  namespace b = masked_ops::binding;
+  using py::arg;
+  m.doc() = kModuleDoc;
+#if defined(MASKED_OPS_WITH_CUDA)
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+  m.attr("losses") = b::loss_names();
+  m.def("forward", &b::forward, arg("y_true"), arg("y_pred"), arg("mask") = py::none(),
+        arg("padding_value") = py::none(), arg("reduction") = "mean", py::kw_only(),
+        arg("loss_name") = "squared_error", arg("params") = std::vector<double>(),
+        "(loss, sum, weight_sum, count) of a masked loss on host arrays.");
+  m.def("backward", &b::backward, arg("grad_loss"), arg("grad_sum"), arg("grad_weight_sum"),
+        arg("y_true"), arg("y_pred"), arg("mask"), arg("padding_value"), arg("loss"),
+        arg("weight_sum"), arg("reduction") = "mean", arg("want_y_true") = false,
+        arg("want_y_pred") = true, arg("want_mask") = false, py::kw_only(),
+        arg("loss_name") = "squared_error", arg("params") = std::vector<double>(),
+        "(grad_y_true, grad_y_pred, grad_mask) on host arrays; None where not wanted.");
+  m.def("set_num_threads", &b::set_num_threads, arg("n"),
+        "Most threads a host call uses (results do not depend on it).");
+  m.def("get_num_threads", &b::get_num_threads);
+  m.def("forward_workspace_bytes", &b::forward_workspace_bytes, arg("n"),
+        "Workspace bytes forward_cuda needs for n elements (on any device).");
+  m.def("backward_workspace_bytes", &b::backward_workspace_bytes, arg("n"), arg("mask_n"),
+        arg("want_mask"), "Workspace bytes backward_cuda needs.");
+  m.def("forward_cuda", &b::forward_cuda, arg("y_true"), arg("y_pred"), arg("mask"),
+        arg("padding_value"), arg("reduction"), arg("out"), arg("count"),
+        arg("workspace") = py::none(), py::kw_only(), arg("loss_name") = "squared_error",
+        arg("params") = std::vector<double>(), arg("dtype") = py::none(),
+        arg("stream") = py::none(), "Asynchronous forward on device arrays; see the module doc.");
+  m.def("backward_cuda", &b::backward_cuda, arg("upstream"), arg("forward_out"), arg("y_true"),
+        arg("y_pred"), arg("mask"), arg("padding_value"), arg("reduction"),
+        arg("grad_y_true") = py::none(), arg("grad_y_pred") = py::none(),
+        arg("grad_mask") = py::none(), arg("workspace") = py::none(), py::kw_only(),
+        arg("loss_name") = "squared_error", arg("params") = std::vector<double>(),
+        arg("dtype") = py::none(), arg("stream") = py::none(),
+        "Asynchronous backward on device arrays; see the module doc.");
+#if defined(MASKED_OPS_WITH_CUDA)
+  m.attr("cuda_runtime_version") = masked_ops::cuda::runtime_version();
+  m.def("cuda_driver_version", &masked_ops::cuda::driver_version,
+        "cuDriverGetVersion of the installed driver (0 without one).");
+#else
+  m.attr("cuda_runtime_version") = 0;
+  m.def("cuda_driver_version", [] { return 0; }, "0: built without CUDA.");
+#endif
+}
