@@ -29,16 +29,22 @@ def _to_tensor(x, dtype_hint, name):
     return tf.convert_to_tensor(x, dtype_hint=dtype_hint, name=name)
 
 
+LABEL_DTYPES = (tf.bool, tf.int32, tf.int64)
+"""y_true dtypes the kernels read as they are (0/1 or integer labels),
+converting each value to y_pred's dtype as tf.cast would."""
+
+
 def convert_predictions(y_true, y_pred):
-    """y_pred must be floating; y_true of another real dtype is cast to it."""
+    """y_pred must be floating; y_true keeps y_pred's dtype or a label dtype
+    (LABEL_DTYPES: no full-size cast); another real dtype is cast to y_pred's."""
     y_pred = _to_tensor(y_pred, tf.float32, "y_pred")
     if y_pred.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"y_pred must be float16, bfloat16, float32 or float64, got {y_pred.dtype.name}"
         )
     y_true = _to_tensor(y_true, y_pred.dtype, "y_true")
-    if y_true.dtype != y_pred.dtype:
-        if not (y_true.dtype.is_floating or y_true.dtype.is_integer or y_true.dtype == tf.bool):
+    if y_true.dtype != y_pred.dtype and y_true.dtype not in LABEL_DTYPES:
+        if not (y_true.dtype.is_floating or y_true.dtype.is_integer):
             raise TypeError(
                 f"y_true must have a real dtype, got {y_true.dtype.name} "
                 f"(y_pred is {y_pred.dtype.name})"

@@ -34,9 +34,11 @@ def _register_gradient(spec):
         y_true, y_pred, mask, padding_value, params = op.inputs[:5]
         masks = [mask, *op.inputs[5:]]
         mask_index = [2, *range(5, 5 + len(masks) - 1)]  # op input index of each mask
-        want_true = 0 not in skip
+        want_true = 0 not in skip and y_true.dtype.is_floating  # labels have no gradient
         want_pred = 1 not in skip
-        want_masks = [m.dtype.is_floating and i not in skip for m, i in zip(masks, mask_index)]
+        want_masks = [
+            m.dtype.is_floating and i not in skip for m, i in zip(masks, mask_index, strict=True)
+        ]
         grads = [None] * len(op.inputs)
         if not (want_true or want_pred or any(want_masks)):
             return grads
@@ -70,7 +72,7 @@ def _register_gradient(spec):
             grads[2] = grad_mask if want_masks[0] else None
         else:
             grad_true, grad_pred, mask_grads = _several_masks_gradient(run, masks, y_pred, acc)
-            for m, i, want, g in zip(masks, mask_index, want_masks, mask_grads):
+            for m, i, want, g in zip(masks, mask_index, want_masks, mask_grads, strict=True):
                 grads[i] = tf.cast(g, m.dtype) if want else None
         grads[0] = grad_true if want_true else None
         grads[1] = grad_pred if want_pred else None

@@ -18,7 +18,8 @@ def masked_loss(spec, y_true, y_pred, mask, padding_value, reduction, params=())
         y_true, y_pred, mask, padding_value
     )
     acc = _inputs.accumulator_dtype(y_pred.dtype)
-    t = tf.cast(y_true, acc)
+    # Labels (bool/int) are read as y_pred's dtype, as the kernels read them.
+    t = tf.cast(tf.cast(y_true, y_pred.dtype), acc)
     p = tf.cast(y_pred, acc)
     # Leading-prefix masks (B, T) on (B, T, F) broadcast over the trailing
     # dims; several masks multiply (booleans as 0/1).
@@ -35,7 +36,7 @@ def masked_loss(spec, y_true, y_pred, mask, padding_value, reduction, params=())
     bad_padding = tf.constant(False)
     if has_padding:
         # Rounded to y_true's dtype through the accumulator dtype, as the kernels do.
-        padding_t = tf.cast(tf.cast(padding, acc), y_true.dtype)
+        padding_t = tf.cast(tf.cast(padding, acc), y_pred.dtype)
         keep = tf.logical_and(keep, tf.not_equal(t, tf.cast(padding_t, acc)))
         # A run-time NaN or overflowing padding value: the op raises an error;
         # here (also the formula compiled under XLA, which cannot raise) the

@@ -345,3 +345,22 @@ def test_raw_grad_op_refuses_a_mask_gradient_with_extra_masks():
             want_mask=True,
             **args,
         )
+
+
+def test_raw_op_refuses_float_labels_of_another_dtype_and_label_gradients():
+    args = raw_inputs(tf.float32)
+    args["y_true"] = tf.zeros([4, 3], tf.float16)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bool, int32 or int64 labels"):
+        op_library.masked_ops_squared_error(**args, Tout=tf.float32)
+    args["y_true"] = tf.zeros([4, 3], tf.int32)
+    zero = tf.zeros([])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="labels have no gradient"):
+        op_library.masked_ops_squared_error_grad(
+            grad_loss=zero,
+            grad_sum=zero,
+            grad_weight_sum=zero,
+            loss=zero,
+            weight_sum=zero,
+            want_y_true=True,
+            **args,
+        )

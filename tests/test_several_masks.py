@@ -152,7 +152,10 @@ def test_float64_gradients_match_the_analytic_oracle_and_reference_autodiff(case
     # The reference's autodiff, and the XLA lowering, on NaN-free data.
     y_true, y_pred, masks, *_ = _data(case, dtype, combination, seed=1, poison=False)
     want = _grads(_reference, case, y_true, y_pred, masks)
-    for got in (_grads(_run, case, y_true, y_pred, masks), _grads(_run, case, y_true, y_pred, masks, jit=True)):
+    for got in (
+        _grads(_run, case, y_true, y_pred, masks),
+        _grads(_run, case, y_true, y_pred, masks, jit=True),
+    ):
         for g, r in zip(got, want, strict=True):
             np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=1e-10, atol=1e-13)
 
@@ -208,7 +211,10 @@ def test_several_masks_are_deterministic_across_threads_and_repeats():
     shape = (300, 700)
     t = tf.constant(rng.standard_normal(shape), tf.float32)
     p = tf.constant(rng.standard_normal(shape), tf.float32)
-    masks = [tf.constant(rng.random(shape[:1]) < 0.9), tf.constant(rng.uniform(0, 2, shape), tf.float32)]
+    masks = [
+        tf.constant(rng.random(shape[:1]) < 0.9),
+        tf.constant(rng.uniform(0, 2, shape), tf.float32),
+    ]
     first = [x.numpy().tobytes() for x in masked_ops.masked_absolute_error_sums(t, p, masks)]
     for _ in range(3):
         again = [x.numpy().tobytes() for x in masked_ops.masked_absolute_error_sums(t, p, masks)]
@@ -255,3 +261,58 @@ def test_bad_mask_lists_are_refused_with_a_message(masks, error, message):
         masked_ops.masked_mse(y, y, masks)
     with pytest.raises(error, match=message):
         tf.function(lambda: masked_ops.masked_mse(y, y, masks))()
+
+
+def test_binding_combines_masks_as_the_op_bit_for_bit_on_any_thread_count():
+    """The TF-free binding (NumPy) takes the same lists: same bits as the op,
+    for 1 and 4 threads, over several chunks and prefix rows."""
+    from masked_ops import _kernels
+
+    rng = np.random.default_rng(6)
+    shape = (3, 50000)
+    t = rng.standard_normal(shape).astype(np.float32)
+    p = rng.standard_normal(shape).astype(np.float32)
+    cases = (
+        [rng.random(shape[:1]) < 0.9, rng.uniform(0, 2, shape).astype(np.float32)],
+        [rng.random(shape) < 0.5, rng.random(shape) < 0.5],
+        [rng.uniform(0, 2, shape[:1]).astype(np.float32), np.array(True), rng.random(shape) < 0.7],
+    )
+    previous = _kernels.get_num_threads()
+    try:
+        for masks in cases:
+            op = [x.numpy().tobytes() for x in masked_ops.masked_huber_sums(t, p, masks)][:2]
+            for threads in (1, 4):
+                _kernels.set_num_threads(threads)
+                _, s, ws, count = _kernels.forward(
+                    t, p, masks, reduction="sum", loss_name="huber", params=[1.0]
+                )
+                assert [np.float32(s).tobytes(), np.float32(ws).tobytes()] == op
+                g_true, g_pred, _ = _kernels.backward(
+                    1.0,
+                    0.0,
+                    0.0,
+                    t,
+                    p,
+                    masks,
+                    None,
+                    s,
+                    ws,
+                    "sum",
+                    True,
+                    True,
+                    False,
+                    loss_name="huber",
+                    params=[1.0],
+                )
+                with tf.GradientTape() as tape:
+                    tp = tf.constant(p)
+                    tape.watch(tp)
+                    loss = masked_ops.masked_huber(t, tp, masks, reduction="sum")
+                assert g_pred.tobytes() == tape.gradient(loss, tp).numpy().tobytes()
+    finally:
+        _kernels.set_num_threads(previous)
+    w = rng.uniform(0, 2, shape).astype(np.float32)
+    with pytest.raises(ValueError, match="several masks"):
+        _kernels.backward(1.0, 0.0, 0.0, t, p, [w, w], None, 1.0, 1.0, "sum", False, False, True)
+    with pytest.raises(ValueError, match=r"mask\[1\] shape"):
+        _kernels.forward(t, p, [w, np.ones(7, bool)])

@@ -27,9 +27,10 @@ enum class Status : int {
   kOk = 0,
   kBadShape = 1,  // n is not a multiple of the mask size
   kWorkspaceTooSmall = 2,
-  kLaunchFailed = 3,  // CUDA launch / runtime error
-  kMisaligned = 4,    // a buffer is not aligned to its element size
+  kLaunchFailed = 3,       // CUDA launch / runtime error
+  kMisaligned = 4,         // a buffer is not aligned to its element size
   kExtraMaskGradient = 5,  // a mask gradient was asked for with extra masks
+  kLabelGradient = 6,      // a gradient of boolean or integer labels was asked for
 };
 
 inline const char* status_message(Status s) {
@@ -46,6 +47,8 @@ inline const char* status_message(Status s) {
       return "an input or output buffer is not aligned to its element size";
     case Status::kExtraMaskGradient:
       return "mask gradients are not computed by the kernels when extra masks are given";
+    case Status::kLabelGradient:
+      return "boolean or integer y_true (labels) has no gradient";
   }
   return "unknown status";
 }
@@ -113,13 +116,40 @@ size_t mask_kind_bytes(MaskKind kind) {
   return 1;
 }
 
+// y_true read in another dtype than y_pred's: 0/1 or integer labels, which
+// the kernels convert to T element by element as tf.cast would (integers
+// through the accumulator type), so no full-size cast precedes them.
+enum class LabelKind : int { kBool = 1, kInt32 = 2, kInt64 = 3 };
+
+struct Labels {
+  const void* data = nullptr;  // null: y_true holds T values
+  LabelKind kind = LabelKind::kBool;
+
+  size_t bytes() const { return kind == LabelKind::kBool ? 1 : kind == LabelKind::kInt32 ? 4 : 8; }
+};
+
+// Label i of `labels` as T.
+template <typename T>
+MO_HD T label_as(const Labels& labels, int64_t i) {
+  using Acc = acc_t<T>;
+  switch (labels.kind) {
+    case LabelKind::kBool:
+      return from_acc<T>(static_cast<const uint8_t*>(labels.data)[i] != 0 ? Acc(1) : Acc(0));
+    case LabelKind::kInt32:
+      return from_acc<T>(Acc(static_cast<const int32_t*>(labels.data)[i]));
+    default:
+      return from_acc<T>(Acc(static_cast<const int64_t*>(labels.data)[i]));
+  }
+}
+
 // The mask has mask_n entries and each covers `inner` consecutive elements:
 // mask_n == n means an elementwise mask, a leading-prefix mask (B, T) on
 // inputs (B, T, F) has inner == F, and a 0-d mask (mask_n == 1) covers all.
 // padding_value is NaN when there is no padding: NaN never compares equal.
 template <typename T, typename M>
 struct MaskedInputs {
-  const T* y_true = nullptr;
+  const T* y_true = nullptr;  // null when `labels` holds y_true
+  Labels labels;
   const T* y_pred = nullptr;
   const M* mask = nullptr;
   int64_t n = 0;
@@ -129,7 +159,8 @@ struct MaskedInputs {
 
   int64_t inner() const { return mask_n == 0 ? 0 : n / mask_n; }
   bool aligned() const {
-    bool ok = is_aligned(y_true) && is_aligned(y_pred) && is_aligned(mask);
+    bool ok = is_aligned(y_true) && is_aligned(y_pred) && is_aligned(mask) &&
+              reinterpret_cast<uintptr_t>(labels.data) % labels.bytes() == 0;
     for (int k = 0; k < extra.size; ++k) {
       ok = ok && reinterpret_cast<uintptr_t>(extra.mask[k].data) %
                          mask_kind_bytes<T>(extra.mask[k].kind) ==
@@ -141,7 +172,9 @@ struct MaskedInputs {
     return entries >= 0 && (entries == 0 ? n == 0 : n % entries == 0);
   }
   bool valid_shape() const {
-    bool ok = n >= 0 && covers(n, mask_n) && extra.size >= 0 && extra.size <= ExtraMasks::kMax;
+    bool ok = n >= 0 && covers(n, mask_n) && extra.size >= 0 && extra.size <= ExtraMasks::kMax &&
+              !(y_true != nullptr && labels.data != nullptr) &&
+              (n == 0 || y_true != nullptr || labels.data != nullptr);
     for (int k = 0; ok && k < extra.size; ++k) {
       ok = covers(n, extra.mask[k].mask_n) && extra.mask[k].data != nullptr;
     }

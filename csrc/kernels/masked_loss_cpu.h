@@ -175,6 +175,30 @@ void expand_rows(const M* mask, int64_t inner, int64_t begin, int64_t len, M* ou
   }
 }
 
+// y_true of elements [begin, begin + len) (len <= kBlock) as T: in place, or
+// labels of another dtype converted into buf.
+template <class T, class M>
+const T* targets(const MaskedInputs<T, M>& in, int64_t begin, int64_t len, T* buf) {
+  if (in.labels.data == nullptr) return in.y_true + begin;
+  for (int64_t j = 0; j < len; ++j) buf[j] = label_as<T>(in.labels, begin + j);
+  return buf;
+}
+
+// Calls fn(pos, len, y_true) over [begin, end) in pieces of at most kBlock
+// elements (one piece when y_true is read in place).
+template <class T, class M, class F>
+void for_target_blocks(const MaskedInputs<T, M>& in, int64_t begin, int64_t end, F&& fn) {
+  if (in.labels.data == nullptr) {
+    if (end > begin) fn(begin, end - begin, in.y_true + begin);
+    return;
+  }
+  T buf[kBlock];
+  for (int64_t b = begin; b < end; b += kBlock) {
+    const int64_t len = std::min(kBlock, end - b);
+    fn(b, len, targets(in, b, len, buf));
+  }
+}
+
 // ---- several masks: combined per block, never materialized -----------------
 
 template <class X>
@@ -273,8 +297,9 @@ Partial forward_range_combined(const Loss& loss, const MaskedInputs<T, M>& in, i
       }
       // A block nothing keeps: its inputs need not be read.
       if (!any) continue;
-      accumulate<Loss, T, W, true>(loss, acc, in.y_true + b, in.y_pred + b, combined, Acc(1), pad,
-                                   len);
+      T labels[kBlock];
+      accumulate<Loss, T, W, true>(loss, acc, targets(in, b, len, labels), in.y_pred + b, combined,
+                                   Acc(1), pad, len);
       acc.flush(total);
     }
   };
@@ -294,10 +319,12 @@ Partial forward_range(const Loss& loss, const MaskedInputs<T, M>& in, int64_t be
   const int64_t inner = in.inner();
   LaneSums<Acc, std::is_same<M, bool>::value> acc;
   Partial total;
+  T labels[kBlock];
   if (in.mask != nullptr && inner == 1) {
     for (int64_t b = begin; b < end; b += kBlock) {
-      accumulate<Loss, T, M, true>(loss, acc, in.y_true + b, in.y_pred + b, in.mask + b, Acc(1),
-                                   pad, std::min(kBlock, end - b));
+      const int64_t len = std::min(kBlock, end - b);
+      accumulate<Loss, T, M, true>(loss, acc, targets(in, b, len, labels), in.y_pred + b,
+                                   in.mask + b, Acc(1), pad, len);
       acc.flush(total);
     }
     return total;
@@ -309,8 +336,8 @@ Partial forward_range(const Loss& loss, const MaskedInputs<T, M>& in, int64_t be
     for (int64_t b = begin; b < end; b += kBlock) {
       const int64_t len = std::min(kBlock, end - b);
       expand_rows(in.mask, inner, b, len, expanded);
-      accumulate<Loss, T, M, true>(loss, acc, in.y_true + b, in.y_pred + b, expanded, Acc(1), pad,
-                                   len);
+      accumulate<Loss, T, M, true>(loss, acc, targets(in, b, len, labels), in.y_pred + b, expanded,
+                                   Acc(1), pad, len);
       acc.flush(total);
     }
     return total;
@@ -322,8 +349,8 @@ Partial forward_range(const Loss& loss, const MaskedInputs<T, M>& in, int64_t be
     const Acc w = in.mask != nullptr ? MaskWeight<Acc, M>::of(in.mask[row]) : Acc(1);
     while (w != Acc(0) && pos < seg_end) {
       const int64_t len = std::min(seg_end - pos, kBlock - acc.pending);
-      accumulate<Loss, T, M, false>(loss, acc, in.y_true + pos, in.y_pred + pos, nullptr, w, pad,
-                                    len);
+      accumulate<Loss, T, M, false>(loss, acc, targets(in, pos, len, labels), in.y_pred + pos,
+                                    nullptr, w, pad, len);
       if (acc.pending == kBlock) acc.flush(total);
       pos += len;
     }
@@ -405,8 +432,9 @@ void backward_tasks(const Loss& loss, const MaskedInputs<T, M>& in, GradCoeffici
             } else {
               combined_weights(in, b, len, combined);
             }
+            T labels[kBlock];
             backward_span<Loss, T, W, true, kTrue, kPred, false>(
-                loss, in.y_true + b, in.y_pred + b, combined, Acc(1), pad, k, len,
+                loss, targets(in, b, len, labels), in.y_pred + b, combined, Acc(1), pad, k, len,
                 offset(grad_true, b), offset(grad_pred, b), nullptr);
           }
         });
@@ -424,10 +452,12 @@ void backward_tasks(const Loss& loss, const MaskedInputs<T, M>& in, GradCoeffici
     parallel_for(num_chunks(n), kChunk, [&](int64_t first, int64_t last) {
       for (int64_t c = first; c < last; ++c) {
         const int64_t b = c * kChunk;
-        backward_span<Loss, T, M, true, kTrue, kPred, kMask>(
-            loss, in.y_true + b, in.y_pred + b, in.mask + b, Acc(1), pad, k,
-            std::min(kChunk, n - b), offset(grad_true, b), offset(grad_pred, b),
-            offset(grad_mask, b));
+        for_target_blocks(
+            in, b, std::min(n, b + kChunk), [&](int64_t pos, int64_t len, const T* yt) {
+              backward_span<Loss, T, M, true, kTrue, kPred, kMask>(
+                  loss, yt, in.y_pred + pos, in.mask + pos, Acc(1), pad, k, len,
+                  offset(grad_true, pos), offset(grad_pred, pos), offset(grad_mask, pos));
+            });
       }
     });
     return;
@@ -442,10 +472,12 @@ void backward_tasks(const Loss& loss, const MaskedInputs<T, M>& in, GradCoeffici
         // The row's mask gradient in float32 lanes per block, the blocks added
         // in double (as the forward): the error stays bounded by the block.
         double g = 0.0;
+        T labels[kBlock];
         for (int64_t b = row * inner, end = (row + 1) * inner; b < end; b += kBlock) {
+          const int64_t len = std::min(kBlock, end - b);
           g += double(backward_span<Loss, T, M, false, kTrue, kPred, kMask>(
-              loss, in.y_true + b, in.y_pred + b, nullptr, weight(row), pad, k,
-              std::min(kBlock, end - b), offset(grad_true, b), offset(grad_pred, b), nullptr));
+              loss, targets(in, b, len, labels), in.y_pred + b, nullptr, weight(row), pad, k, len,
+              offset(grad_true, b), offset(grad_pred, b), nullptr));
         }
         grad_mask[row] = from_acc<M>(acc_t<T>(g));
       }
@@ -460,9 +492,10 @@ void backward_tasks(const Loss& loss, const MaskedInputs<T, M>& in, GradCoeffici
       for (int64_t b = first * kChunk; b < end; b += kBlock) {
         const int64_t len = std::min(kBlock, end - b);
         expand_rows(in.mask, inner, b, len, expanded);
+        T labels[kBlock];
         backward_span<Loss, T, M, true, kTrue, kPred, false>(
-            loss, in.y_true + b, in.y_pred + b, expanded, Acc(1), pad, k, len, offset(grad_true, b),
-            offset(grad_pred, b), nullptr);
+            loss, targets(in, b, len, labels), in.y_pred + b, expanded, Acc(1), pad, k, len,
+            offset(grad_true, b), offset(grad_pred, b), nullptr);
       }
     });
     return;
@@ -471,9 +504,12 @@ void backward_tasks(const Loss& loss, const MaskedInputs<T, M>& in, GradCoeffici
     const int64_t end = std::min(n, last * kChunk);
     for (int64_t pos = first * kChunk, row = pos / inner; pos < end; ++row) {
       const int64_t seg_end = std::min(end, (row + 1) * inner);
-      backward_span<Loss, T, M, false, kTrue, kPred, false>(
-          loss, in.y_true + pos, in.y_pred + pos, nullptr, weight(row), pad, k, seg_end - pos,
-          offset(grad_true, pos), offset(grad_pred, pos), nullptr);
+      const Acc w = weight(row);
+      for_target_blocks(in, pos, seg_end, [&](int64_t at, int64_t len, const T* yt) {
+        backward_span<Loss, T, M, false, kTrue, kPred, false>(loss, yt, in.y_pred + at, nullptr, w,
+                                                              pad, k, len, offset(grad_true, at),
+                                                              offset(grad_pred, at), nullptr);
+      });
       pos = seg_end;
     }
   });
@@ -520,6 +556,7 @@ Status backward(const Loss& loss, const MaskedInputs<T, M>& in, Reduction reduct
     return Status::kMisaligned;
   }
   if (grad_mask != nullptr && in.extra.size > 0) return Status::kExtraMaskGradient;
+  if (grad_true != nullptr && in.labels.data != nullptr) return Status::kLabelGradient;
   IeeeSubnormals ieee;
   const ParallelFor guarded = with_ieee_subnormals(parallel_for);
   const auto k = grad_coefficients(*scalars.grad_loss, *scalars.grad_sum, *scalars.grad_weight_sum,

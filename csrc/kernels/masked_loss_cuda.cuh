@@ -278,16 +278,27 @@ __device__ __forceinline__ double load_acc(double x) { return x; }
 
 // Loads V consecutive (vector-aligned) y_true and y_pred values in the
 // accumulator type: the vector path of both the forward and the backward.
+// y_true comes from `labels` (another dtype, converted to T per element)
+// when y_true is null.
 template <int V, typename T>
-__device__ __forceinline__ void load_vector(const T* y_true, const T* y_pred, int64_t i,
-                                            acc_t<T>* t, acc_t<T>* p) {
-  const auto tp = load(reinterpret_cast<const Pack<T, V>*>(y_true + i));
+__device__ __forceinline__ void load_vector(const T* y_true, const Labels& labels, const T* y_pred,
+                                            int64_t i, acc_t<T>* t, acc_t<T>* p) {
   const auto pp = load(reinterpret_cast<const Pack<T, V>*>(y_pred + i));
+  if (y_true != nullptr) {
+    const auto tp = load(reinterpret_cast<const Pack<T, V>*>(y_true + i));
 #pragma unroll
-  for (int j = 0; j < V; ++j) {
-    t[j] = load_acc(tp.v[j]);
-    p[j] = load_acc(pp.v[j]);
+    for (int j = 0; j < V; ++j) t[j] = load_acc(tp.v[j]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) t[j] = load_acc(label_as<T>(labels, i + j));
   }
+#pragma unroll
+  for (int j = 0; j < V; ++j) p[j] = load_acc(pp.v[j]);
+}
+
+template <typename T>
+__device__ __forceinline__ acc_t<T> load_target(const T* y_true, const Labels& labels, int64_t i) {
+  return y_true != nullptr ? load_acc(load(y_true + i)) : load_acc(label_as<T>(labels, i));
 }
 
 template <typename T>
@@ -356,8 +367,7 @@ struct ExtraArgs {
 // w combined with the extra masks' weights of element i: the product, or 0
 // once any weight is 0 (0 * NaN would keep a NaN weight), in list order.
 template <typename T>
-__device__ __forceinline__ acc_t<T> with_extra_weights(acc_t<T> w, const ExtraArgs& e,
-                                                       int64_t i) {
+__device__ __forceinline__ acc_t<T> with_extra_weights(acc_t<T> w, const ExtraArgs& e, int64_t i) {
   using Acc = acc_t<T>;
   for (int k = 0; k < e.size && w != Acc(0); ++k) {
     const int64_t index = e.inner[k] == 1 ? i : i / e.inner[k];
@@ -387,6 +397,7 @@ struct ElementArgs {
   ElementPlan plan;
   ExtraArgs extra;
   bool extra_all_bool;
+  Labels labels;  // y_true's values when y_true is null
 };
 
 // Turns visit_tile's indices into mask weights for the op: op.vector(i, w)
@@ -529,6 +540,7 @@ struct ForwardOp {
   Acc pad;
   // kBinary with a floating-point extra mask: the weights are no longer 0/1.
   bool weighted;
+  Labels labels;
   double sum = 0.0;
   double weight_sum = 0.0;
   long long count = 0;
@@ -552,7 +564,7 @@ struct ForwardOp {
 
   __device__ __forceinline__ void vector(int64_t i, const Acc* w) {
     Acc t[V], p[V];
-    load_vector<V>(y_true, y_pred, i, t, p);
+    load_vector<V>(y_true, labels, y_pred, i, t, p);
     add(t, p, w, V);
   }
 
@@ -566,7 +578,7 @@ struct ForwardOp {
 
   __device__ __forceinline__ void scalar(int64_t i, Acc w) {
     if (w == Acc(0)) return;
-    const Acc t = load_acc(load(y_true + i));
+    const Acc t = load_target(y_true, labels, i);
     const Acc p = load_acc(load(y_pred + i));
     add(&t, &p, &w, 1);
   }
@@ -578,7 +590,7 @@ __global__ void __launch_bounds__(kThreads)
     forward_kernel(const Loss loss, const ElementArgs<T, RM> a, Partial* __restrict__ partials) {
   constexpr bool kBinary = std::is_same<RM, uint8_t>::value;
   const bool weighted = a.extra.size > 0 && !a.extra_all_bool;
-  ForwardOp<Loss, T, kBinary, V> op{loss, a.y_true, a.y_pred, a.pad, weighted};
+  ForwardOp<Loss, T, kBinary, V> op{loss, a.y_true, a.y_pred, a.pad, weighted, a.labels};
   for_each_element<kMode, V>(a, op);
   Partial p{op.sum, kBinary && !weighted ? double(op.count) : op.weight_sum, op.count};
   p = block_sum(p);
@@ -620,6 +632,7 @@ struct BackwardOp {
   T* grad_true;
   T* grad_pred;
   RM* grad_mask;
+  Labels labels;
 
   template <int N>
   __device__ __forceinline__ void write(int64_t i, const Acc* t, const Acc* p, const Acc* w) {
@@ -644,7 +657,7 @@ struct BackwardOp {
 
   __device__ __forceinline__ void vector(int64_t i, const Acc* w) {
     Acc t[V], p[V];
-    load_vector<V>(y_true, y_pred, i, t, p);
+    load_vector<V>(y_true, labels, y_pred, i, t, p);
     write<V>(i, t, p, w);
   }
 
@@ -669,7 +682,7 @@ struct BackwardOp {
       write<1>(i, &zero, &zero, &w);
       return;
     }
-    const Acc t = load_acc(load(y_true + i));
+    const Acc t = load_target(y_true, labels, i);
     const Acc p = load_acc(load(y_pred + i));
     write<1>(i, &t, &p, &w);
   }
@@ -681,8 +694,8 @@ __global__ void __launch_bounds__(kThreads)
                     const BackwardScalars<acc_t<T>> scalars, Reduction reduction, T* grad_true,
                     T* grad_pred, RM* grad_mask) {
   BackwardOp<Loss, T, RM, V> op{
-      loss,      a.y_true,  a.y_pred, a.pad, load_coefficients(scalars, reduction),
-      grad_true, grad_pred, grad_mask};
+      loss,      a.y_true,  a.y_pred,  a.pad,   load_coefficients(scalars, reduction),
+      grad_true, grad_pred, grad_mask, a.labels};
   for_each_element<kMode, V>(a, op);
 }
 
@@ -694,6 +707,7 @@ struct RowArgs {
   int64_t inner;
   acc_t<T> pad;
   RowPlan plan;
+  Labels labels;
 };
 
 // Gradients of a prefix or 0-d floating-point mask (and of y_true/y_pred on the
@@ -731,7 +745,7 @@ __global__ void __launch_bounds__(kThreads)
       const Acc aw = k.times_weight(w);
       for (int64_t i = begin + lane; i < end; i += group) {
         // A row of weight 0 keeps nothing: its inputs need not be read.
-        const Acc t = live ? load_acc(load(a.y_true + i)) : Acc(0);
+        const Acc t = live ? load_target(a.y_true, a.labels, i) : Acc(0);
         const Acc p = live ? load_acc(load(a.y_pred + i)) : Acc(0);
         const bool keep = live && t != a.pad;
         if (grad_true != nullptr) {
@@ -857,8 +871,11 @@ ElementArgs<T, raw_mask_t<M>> element_args(const MaskedInputs<T, M>& in, MaskMod
   a.y_pred = in.y_pred;
   a.mask = reinterpret_cast<const RM*>(in.mask);
   a.pad = acc_t<T>(in.padding_value);
-  a.plan = plan_elements(in.y_true, in.y_pred, a.mask, in.n, in.inner(), mode, out_a, out_b,
-                         out_mask, vectorized);
+  a.labels = in.labels;
+  // Labels are read element by element: y_pred alone sets the vectors' phase.
+  const T* base = in.y_true != nullptr ? in.y_true : in.y_pred;
+  a.plan = plan_elements(base, in.y_pred, a.mask, in.n, in.inner(), mode, out_a, out_b, out_mask,
+                         vectorized);
   a.extra.size = in.extra.size;
   for (int k = 0; k < in.extra.size; ++k) {
     a.extra.data[k] = in.extra.mask[k].data;
@@ -921,6 +938,7 @@ Status backward(const Loss& loss, const MaskedInputs<T, M>& in, Reduction reduct
     return Status::kMisaligned;
   }
   if (grad_mask != nullptr && in.extra.size > 0) return Status::kExtraMaskGradient;
+  if (grad_true != nullptr && in.labels.data != nullptr) return Status::kLabelGradient;
   RM* mask_out = nullptr;
   if constexpr (!std::is_same<M, bool>::value) mask_out = grad_mask;
   if (grad_true == nullptr && grad_pred == nullptr && mask_out == nullptr) return Status::kOk;
@@ -935,7 +953,7 @@ Status backward(const Loss& loss, const MaskedInputs<T, M>& in, Reduction reduct
       if (plan.tasks == 0) return Status::kOk;
       clear_launch_error();
       const RowArgs<T, M> a{in.y_true, in.y_pred, in.mask, in.inner(), acc_t<T>(in.padding_value),
-                            plan};
+                            plan,      in.labels};
       const auto row_kernel = row_backward_kernel<Loss, T, M>;
       const int64_t grid = std::min(resident_blocks(reinterpret_cast<const void*>(row_kernel)),
                                     ceil_div(plan.tasks * plan.group, kThreads));

@@ -1,5 +1,7 @@
 #include "binding_common.h"
 
+#include <pybind11/numpy.h>
+
 #include <stdexcept>
 
 namespace masked_ops {
@@ -17,12 +19,17 @@ const char* dtype_name(DType d) {
       return "float64";
     case DType::kBool:
       return "bool";
+    case DType::kInt32:
+      return "int32";
+    case DType::kInt64:
+      return "int64";
   }
   return "?";
 }
 
 std::optional<DType> parse_dtype_name(const std::string& name) {
-  for (DType d : {DType::kHalf, DType::kBFloat16, DType::kFloat, DType::kDouble, DType::kBool}) {
+  for (DType d : {DType::kHalf, DType::kBFloat16, DType::kFloat, DType::kDouble, DType::kBool,
+                  DType::kInt32, DType::kInt64}) {
     if (name == dtype_name(d)) return d;
   }
   return std::nullopt;
@@ -39,6 +46,10 @@ size_t itemsize(DType d) {
       return 8;
     case DType::kBool:
       return 1;
+    case DType::kInt32:
+      return 4;
+    case DType::kInt64:
+      return 8;
   }
   return 0;
 }
@@ -64,7 +75,7 @@ Reduction parse_reduction(const std::string& name) {
 }
 
 void check_shapes(const std::vector<int64_t>& y_true, const std::vector<int64_t>& y_pred,
-                  const std::vector<int64_t>* mask) {
+                  const std::vector<int64_t>* mask, const std::string& mask_name) {
   if (y_true != y_pred) {
     throw py::value_error("y_true and y_pred must have the same shape, got " + shape_str(y_true) +
                           " and " + shape_str(y_pred));
@@ -73,11 +84,53 @@ void check_shapes(const std::vector<int64_t>& y_true, const std::vector<int64_t>
   const bool prefix =
       mask->size() <= y_pred.size() && std::equal(mask->begin(), mask->end(), y_pred.begin());
   if (!prefix) {
-    throw py::value_error("mask shape " + shape_str(*mask) +
+    throw py::value_error(mask_name + " shape " + shape_str(*mask) +
                           " must equal the inputs' shape or a leading prefix of it; inputs have "
                           "shape " +
                           shape_str(y_pred));
   }
+}
+
+std::optional<std::vector<py::object>> mask_list(const py::object& mask) {
+  if (!py::isinstance<py::list>(mask) && !py::isinstance<py::tuple>(mask)) return std::nullopt;
+  std::vector<py::object> items;
+  bool any_array = false;
+  for (const py::handle item : mask) {
+    items.push_back(py::reinterpret_borrow<py::object>(item));
+    any_array = any_array || py::isinstance<py::array>(item) ||
+                py::hasattr(item, "__array_interface__") || is_cuda_array(item);
+  }
+  if (!any_array) return std::nullopt;
+  if (items.size() > size_t(1 + ExtraMasks::kMax)) {
+    throw py::value_error("mask combines at most " + std::to_string(1 + ExtraMasks::kMax) +
+                          " masks, got a list of " + std::to_string(items.size()));
+  }
+  for (size_t k = 0; k < items.size(); ++k) {
+    if (items[k].is_none()) {
+      throw py::value_error("mask[" + std::to_string(k) +
+                            "] is None; leave it out of the list instead");
+    }
+  }
+  return items;
+}
+
+std::optional<LabelKind> check_y_true_dtype(DType got, DType t) {
+  switch (got) {
+    case DType::kBool:
+      return LabelKind::kBool;
+    case DType::kInt32:
+      return LabelKind::kInt32;
+    case DType::kInt64:
+      return LabelKind::kInt64;
+    default:
+      check_same_dtype("y_true", got, t);
+      return std::nullopt;
+  }
+}
+
+MaskKind mask_kind(DType mask, DType t) {
+  if (mask == DType::kBool) return MaskKind::kBool;
+  return mask == t ? MaskKind::kInput : MaskKind::kAccumulator;
 }
 
 void check_same_dtype(const char* name, DType got, DType want) {

@@ -22,7 +22,8 @@ namespace binding {
 
 namespace py = pybind11;
 
-enum class DType { kHalf, kBFloat16, kFloat, kDouble, kBool };
+// kInt32/kInt64 only for y_true labels.
+enum class DType { kHalf, kBFloat16, kFloat, kDouble, kBool, kInt32, kInt64 };
 
 const char* dtype_name(DType d);
 std::optional<DType> parse_dtype_name(const std::string& name);
@@ -33,10 +34,24 @@ int64_t num_elements(const std::vector<int64_t>& shape);
 
 Reduction parse_reduction(const std::string& name);
 
-// The shape checks every entry point shares; messages name the shapes.
+// The shape checks every entry point shares; messages name the shapes (and
+// the mask, "mask" or "mask[k]" in a list).
 void check_shapes(const std::vector<int64_t>& y_true, const std::vector<int64_t>& y_pred,
-                  const std::vector<int64_t>* mask);
+                  const std::vector<int64_t>* mask, const std::string& mask_name = "mask");
+
+// Several masks: a list or tuple holding at least one array (host or CUDA),
+// as masked_ops._inputs.is_mask_list decides; a nested list of numbers is
+// one mask. Returns the items (at most 1 + ExtraMasks::kMax, none None), or
+// nothing for a single mask.
+std::optional<std::vector<py::object>> mask_list(const py::object& mask);
+
+// How the kernels read an extra mask of dtype `mask` with inputs of dtype t
+// (after check_mask_dtype).
+MaskKind mask_kind(DType mask, DType t);
 void check_same_dtype(const char* name, DType got, DType want);
+// y_true of dtype `got` with y_pred of dtype t: y_pred's dtype (nothing
+// returned) or bool/int32/int64 labels (their kind); otherwise a TypeError.
+std::optional<LabelKind> check_y_true_dtype(DType got, DType t);
 // Masks are bool, y_pred's dtype, or float32 weights for 16-bit y_pred (the
 // accumulator dtype): weights are never read below float32.
 void check_mask_dtype(DType mask, DType t);
@@ -123,9 +138,12 @@ void with_types(DType t, DType mask, F&& f) {
     case DType::kDouble:
       return with_mask(Tag<double>{});
     case DType::kBool:
+    case DType::kInt32:
+    case DType::kInt64:
       break;
   }
-  throw py::type_error("y_pred must be float16, bfloat16, float32 or float64, got bool");
+  throw py::type_error(std::string("y_pred must be float16, bfloat16, float32 or float64, got ") +
+                       dtype_name(t));
 }
 
 }  // namespace detail

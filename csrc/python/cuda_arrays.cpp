@@ -27,6 +27,9 @@ namespace {
 struct DeviceInputs {
   DeviceArray y_true, y_pred;
   std::optional<DeviceArray> mask;
+  std::vector<DeviceArray> extras;  // the other masks of a list
+  std::vector<DType> extra_dtypes;
+  std::optional<LabelKind> labels;  // y_true of a label dtype
   DType dtype;
   DType mask_dtype;
   double padding_value;
@@ -51,6 +54,9 @@ DeviceInputs device_inputs(const py::object& y_true, const py::object& y_pred,
   DeviceInputs in{device_array(y_true, "y_true"),
                   device_array(y_pred, "y_pred"),
                   std::nullopt,
+                  {},
+                  {},
+                  std::nullopt,
                   DType::kBool,
                   DType::kBool,
                   parse_padding(padding_value),
@@ -60,13 +66,39 @@ DeviceInputs device_inputs(const py::object& y_true, const py::object& y_pred,
   if (in.dtype == DType::kBool) {
     throw py::type_error("y_pred must be float16, bfloat16, float32 or float64, got bool");
   }
-  check_same_dtype("y_true", device_dtype(in.y_true, as), in.dtype);
-  if (!mask.is_none()) {
+  // bool/int32/int64 y_true are labels, whatever dtype= says (it names y_pred's).
+  const std::string& ts = in.y_true.typestr;
+  if (ts == "|b1" || ts == "<i4" || ts == "<i8") {
+    in.labels = ts == "|b1"   ? LabelKind::kBool
+                : ts == "<i4" ? LabelKind::kInt32
+                              : LabelKind::kInt64;
+  } else {
+    check_same_dtype("y_true", device_dtype(in.y_true, as), in.dtype);
+  }
+  const auto masks = mask_list(mask);
+  if (masks) {
+    for (size_t k = 0; k < masks->size(); ++k) {
+      const std::string name = "mask[" + std::to_string(k) + "]";
+      DeviceArray m = device_array((*masks)[k], name.c_str());
+      const DType m_dtype = device_dtype(m, as, true);
+      check_mask_dtype(m_dtype, in.dtype);
+      check_shapes(in.y_true.shape, in.y_pred.shape, &m.shape, name);
+      m.check_layout();
+      if (k == 0) {
+        in.mask = m;
+        in.mask_dtype = m_dtype;
+      } else {
+        in.extras.push_back(m);
+        in.extra_dtypes.push_back(m_dtype);
+      }
+    }
+  } else if (!mask.is_none()) {
     in.mask = device_array(mask, "mask");
     in.mask_dtype = device_dtype(*in.mask, as, true);
     check_mask_dtype(in.mask_dtype, in.dtype);
   }
-  check_shapes(in.y_true.shape, in.y_pred.shape, in.mask ? &in.mask->shape : nullptr);
+  check_shapes(in.y_true.shape, in.y_pred.shape, in.mask ? &in.mask->shape : nullptr,
+               masks ? "mask[0]" : "mask");
   in.y_true.check_layout();
   in.y_pred.check_layout();
   if (in.mask) in.mask->check_layout();
@@ -78,12 +110,22 @@ DeviceInputs device_inputs(const py::object& y_true, const py::object& y_pred,
 template <typename T, typename M>
 MaskedInputs<T, M> kernel_inputs(const DeviceInputs& d) {
   MaskedInputs<T, M> in;
-  in.y_true = reinterpret_cast<const T*>(d.y_true.ptr);
+  if (d.labels) {
+    in.labels = {reinterpret_cast<const void*>(d.y_true.ptr), *d.labels};
+  } else {
+    in.y_true = reinterpret_cast<const T*>(d.y_true.ptr);
+  }
   in.y_pred = reinterpret_cast<const T*>(d.y_pred.ptr);
   in.mask = d.mask ? reinterpret_cast<const M*>(d.mask->ptr) : nullptr;
   in.mask_n = d.mask ? d.mask->size() : 1;
   in.n = d.y_pred.size();
   in.padding_value = padding_in<T>(d.padding_value, d.dtype);
+  in.extra.size = int(d.extras.size());
+  for (size_t k = 0; k < d.extras.size(); ++k) {
+    in.extra.mask[k].data = reinterpret_cast<const void*>(d.extras[k].ptr);
+    in.extra.mask[k].mask_n = d.extras[k].size();
+    in.extra.mask[k].kind = mask_kind(d.extra_dtypes[k], d.dtype);
+  }
   return in;
 }
 
@@ -208,9 +250,9 @@ void forward_cuda(const py::object& y_true, const py::object& y_pred, const py::
   check_output(out, acc_typestr(d.dtype), 3, "loss, sum, weight_sum in the accumulator dtype");
   check_output(count, "<i8", 1, "count");
   const auto workspace = optional_array(workspace_obj, "workspace");
-  const std::vector<const DeviceArray*> all = {
-      &d.y_true, &d.y_pred, d.mask ? &*d.mask : nullptr,
-      &out,      &count,    workspace ? &*workspace : nullptr};
+  std::vector<const DeviceArray*> all = {&d.y_true, &d.y_pred, d.mask ? &*d.mask : nullptr,
+                                         &out,      &count,    workspace ? &*workspace : nullptr};
+  for (const DeviceArray& m : d.extras) all.push_back(&m);
   const std::optional<intptr_t> named = choose_stream(stream_obj, all);
 #if defined(MASKED_OPS_WITH_CUDA)
   const cudaStream_t stream = require_stream(named, "forward_cuda");
@@ -256,6 +298,9 @@ void backward_cuda(const py::object& upstream_obj, const py::object& forward_out
   const auto grad_true = optional_array(grad_true_obj, "grad_y_true");
   const auto grad_pred = optional_array(grad_pred_obj, "grad_y_pred");
   const auto grad_mask = optional_array(grad_mask_obj, "grad_mask");
+  if (grad_true && d.labels) {
+    throw py::value_error("grad_y_true was given but y_true holds labels, which have no gradient");
+  }
   for (const auto* g : {&grad_true, &grad_pred}) {
     if (!*g) continue;
     check_same_dtype((*g)->name.c_str(), device_dtype(**g, d.as), d.dtype);
@@ -267,6 +312,11 @@ void backward_cuda(const py::object& upstream_obj, const py::object& forward_out
   }
   if (grad_mask) {
     if (!d.mask) throw py::value_error("grad_mask was given but mask is None");
+    if (!d.extras.empty()) {
+      throw py::value_error(
+          "grad_mask with several masks: the kernels compute no mask gradient for a list of "
+          "masks (differentiate the combined weight instead)");
+    }
     if (d.mask_dtype == DType::kBool) {
       throw py::value_error(
           "grad_mask needs a floating-point mask; a boolean mask has no gradient");
@@ -283,15 +333,16 @@ void backward_cuda(const py::object& upstream_obj, const py::object& forward_out
     grad_mask->check_layout();
   }
   const auto workspace = optional_array(workspace_obj, "workspace");
-  const std::vector<const DeviceArray*> all = {&d.y_true,
-                                               &d.y_pred,
-                                               d.mask ? &*d.mask : nullptr,
-                                               &upstream,
-                                               &forward_out,
-                                               grad_true ? &*grad_true : nullptr,
-                                               grad_pred ? &*grad_pred : nullptr,
-                                               grad_mask ? &*grad_mask : nullptr,
-                                               workspace ? &*workspace : nullptr};
+  std::vector<const DeviceArray*> all = {&d.y_true,
+                                         &d.y_pred,
+                                         d.mask ? &*d.mask : nullptr,
+                                         &upstream,
+                                         &forward_out,
+                                         grad_true ? &*grad_true : nullptr,
+                                         grad_pred ? &*grad_pred : nullptr,
+                                         grad_mask ? &*grad_mask : nullptr,
+                                         workspace ? &*workspace : nullptr};
+  for (const DeviceArray& m : d.extras) all.push_back(&m);
   const std::optional<intptr_t> named = choose_stream(stream_obj, all);
 #if defined(MASKED_OPS_WITH_CUDA)
   const cudaStream_t stream = require_stream(named, "backward_cuda");

@@ -54,11 +54,16 @@ HostArray host_array(const py::object& obj, const char* name) {
   const py::dtype dt = a.dtype();
   const std::string dname = py::str(dt.attr("name"));
   std::optional<DType> d;
-  if (dt.kind() == 'f' || dt.kind() == 'b' || dname == "bfloat16") d = parse_dtype_name(dname);
+  const bool labels = std::string(name) == "y_true" && dt.kind() == 'i';
+  if (dt.kind() == 'f' || dt.kind() == 'b' || dname == "bfloat16" || labels) {
+    d = parse_dtype_name(dname);
+  }
   if (!d || size_t(dt.itemsize()) != itemsize(*d)) {
     throw py::type_error(std::string(name) + " must be " +
-                         (std::string(name) == "mask" ? "bool or y_pred's dtype"
-                                                      : "float16, bfloat16, float32 or float64") +
+                         (std::string(name).rfind("mask", 0) == 0 ? "bool or y_pred's dtype"
+                          : std::string(name) == "y_true"
+                              ? "y_pred's dtype, or bool, int32 or int64 labels"
+                              : "float16, bfloat16, float32 or float64") +
                          ", got " + dname);
   }
   if (!dt.attr("isnative").cast<bool>()) {
@@ -71,6 +76,8 @@ HostArray host_array(const py::object& obj, const char* name) {
 struct HostInputs {
   HostArray y_true, y_pred;
   std::optional<HostArray> mask;
+  std::vector<HostArray> extras;    // the other masks of a list
+  std::optional<LabelKind> labels;  // y_true of a label dtype
   double padding_value;
   Reduction reduction;
   // No mask runs the bool-mask kernels (kernel_inputs passes a 0-d True).
@@ -90,20 +97,36 @@ HostInputs host_inputs(const py::object& y_true, const py::object& y_pred, const
       }
     }
   }
-  HostInputs in{host_array(y_true, "y_true"), host_array(y_pred, "y_pred"), std::nullopt,
-                parse_padding(padding_value), parse_reduction(reduction)};
+  HostInputs in{
+      host_array(y_true, "y_true"), host_array(y_pred, "y_pred"), std::nullopt, {}, std::nullopt,
+      parse_padding(padding_value), parse_reduction(reduction)};
   if (in.y_pred.dtype == DType::kBool) {
     throw py::type_error("y_pred must be float16, bfloat16, float32 or float64, got bool");
   }
-  check_same_dtype("y_true", in.y_true.dtype, in.y_pred.dtype);
-  if (!mask.is_none()) {
+  in.labels = check_y_true_dtype(in.y_true.dtype, in.y_pred.dtype);
+  const auto masks = mask_list(mask);
+  if (masks) {
+    for (size_t k = 0; k < masks->size(); ++k) {
+      const std::string name = "mask[" + std::to_string(k) + "]";
+      HostArray m = host_array((*masks)[k], name.c_str());
+      check_mask_dtype(m.dtype, in.y_pred.dtype);
+      check_shapes(in.y_true.shape, in.y_pred.shape, &m.shape, name);
+      if (k == 0) {
+        in.mask = m;
+      } else {
+        in.extras.push_back(m);
+      }
+    }
+  } else if (!mask.is_none()) {
     in.mask = host_array(mask, "mask");
     check_mask_dtype(in.mask->dtype, in.y_pred.dtype);
   }
-  check_shapes(in.y_true.shape, in.y_pred.shape, in.mask ? &in.mask->shape : nullptr);
+  check_shapes(in.y_true.shape, in.y_pred.shape, in.mask ? &in.mask->shape : nullptr,
+               masks ? "mask[0]" : "mask");
   in.y_true.check_contiguous();
   in.y_pred.check_contiguous();
   if (in.mask) in.mask->check_contiguous();
+  for (const HostArray& m : in.extras) m.check_contiguous();
   return in;
 }
 
@@ -112,7 +135,11 @@ MaskedInputs<T, M> kernel_inputs(const HostInputs& h) {
   // No mask is a 0-d True: a rank-0 prefix that covers every element.
   static const bool kAll = true;
   MaskedInputs<T, M> in;
-  in.y_true = static_cast<const T*>(h.y_true.data());
+  if (h.labels) {
+    in.labels = {h.y_true.data(), *h.labels};
+  } else {
+    in.y_true = static_cast<const T*>(h.y_true.data());
+  }
   in.y_pred = static_cast<const T*>(h.y_pred.data());
   in.n = num_elements(h.y_pred.shape);
   if (h.mask) {
@@ -123,6 +150,12 @@ MaskedInputs<T, M> kernel_inputs(const HostInputs& h) {
     in.mask_n = 1;
   }
   in.padding_value = padding_in<T>(h.padding_value, h.y_pred.dtype);
+  in.extra.size = int(h.extras.size());
+  for (size_t k = 0; k < h.extras.size(); ++k) {
+    in.extra.mask[k].data = h.extras[k].data();
+    in.extra.mask[k].mask_n = num_elements(h.extras[k].shape);
+    in.extra.mask[k].kind = mask_kind(h.extras[k].dtype, h.y_pred.dtype);
+  }
   return in;
 }
 
@@ -168,6 +201,15 @@ py::tuple backward(double grad_loss, double grad_sum, double grad_weight_sum,
                    const std::string& loss_name, const std::vector<double>& params) {
   const HostInputs h = host_inputs(y_true, y_pred, mask, padding_value, reduction);
   if (want_mask && !h.mask) throw py::value_error("want_mask=True needs a mask, got None");
+  if (want_y_true && h.labels) {
+    throw py::value_error(std::string("want_y_true=True needs floating-point y_true; ") +
+                          dtype_name(h.y_true.dtype) + " labels have no gradient");
+  }
+  if (want_mask && !h.extras.empty()) {
+    throw py::value_error(
+        "want_mask=True with several masks: the kernels compute no mask gradient for a list of "
+        "masks (differentiate the combined weight instead)");
+  }
   if (want_mask && h.mask->dtype == DType::kBool) {
     throw py::value_error(
         "want_mask=True needs a floating-point mask; a boolean mask has no gradient");

@@ -29,7 +29,10 @@ and value the loss's element function,
   sum = sum(keep ? w * value(y_true, y_pred) : 0), weight_sum = sum(keep ? w : 0),
   count = sum(keep), loss = sum / weight_sum (0 when weight_sum == 0) or sum.
 The mask has the inputs' shape or a leading prefix of it (a 0-d mask covers
-everything); None means no mask. padding_value None means no padding. Results
+everything); None means no mask. A list or tuple of arrays is several masks,
+combined in the same pass (booleans AND-ed, float weights multiplied; the
+product, or 0 once any weight is 0), each of its own prefix shape; they have
+no mask gradient (want_mask / grad_mask refused). padding_value None means no padding. Results
 accumulate in float32 for 16-bit and float32 inputs, float64 for float64, and
 are bitwise deterministic.
 

@@ -39,9 +39,9 @@ absl::Status MergeInputShapes(InferenceContext* c, int y_true, int y_pred, int m
     const std::string name =
         k == 0 ? std::string("mask") : absl::StrCat("mask[", k, "] (extra_masks[", k - 1, "])");
     const auto error = [&] {
-      return absl::InvalidArgumentError(absl::StrCat(
-          name, " shape ", c->DebugString(m), " must equal the inputs' shape ",
-          c->DebugString(*inputs), " or be a leading prefix of it"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " shape ", c->DebugString(m), " must equal the inputs' shape ",
+                       c->DebugString(*inputs), " or be a leading prefix of it"));
     };
     if (c->Rank(m) > c->Rank(*inputs)) return error();
     ShapeHandle prefix;
@@ -112,18 +112,18 @@ absl::Status ValidateInputs(const tf::Tensor& y_true, const tf::Tensor& y_pred,
 absl::Status ValidateExtraMasks(const tf::OpInputList& extras, const tf::Tensor& y_pred,
                                 tf::DataType accumulator) {
   if (extras.size() > ExtraMasks::kMax) {
-    return absl::InvalidArgumentError(absl::StrCat("at most ", 1 + ExtraMasks::kMax,
-                                                   " masks can be combined, got ",
-                                                   1 + extras.size()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "at most ", 1 + ExtraMasks::kMax, " masks can be combined, got ", 1 + extras.size()));
   }
   const tf::TensorShape& shape = y_pred.shape();
   for (int k = 0; k < extras.size(); ++k) {
     const tf::Tensor& m = extras[k];
     const tf::DataType d = m.dtype();
     if (d != tf::DT_BOOL && d != y_pred.dtype() && d != accumulator) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "mask[", k + 1, "] (extra_masks[", k, "]) must be bool, ", tf::DataTypeString(y_pred.dtype()), " or ",
-          tf::DataTypeString(accumulator), ", got ", tf::DataTypeString(d)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("mask[", k + 1, "] (extra_masks[", k, "]) must be bool, ",
+                       tf::DataTypeString(y_pred.dtype()), " or ", tf::DataTypeString(accumulator),
+                       ", got ", tf::DataTypeString(d)));
     }
     bool prefix = m.dims() <= shape.dims();
     for (int i = 0; prefix && i < m.dims(); ++i) prefix = m.dim_size(i) == shape.dim_size(i);

@@ -94,7 +94,24 @@ absl::Status MakeInputs(const tf::Tensor& y_true, const tf::Tensor& y_pred, cons
                         bool has_padding_value, MaskedInputs<kernel_t<T>, kernel_t<M>>* in) {
   using Acc = acc_t<kernel_t<T>>;
   TF_RETURN_IF_ERROR(ValidateExtraMasks(extras, y_pred, tf::DataTypeToEnum<Acc>::v()));
-  in->y_true = InputData<kernel_t<T>>(y_true);
+  switch (y_true.dtype()) {
+    case tf::DT_BOOL:
+      in->labels = {y_true.tensor_data().data(), LabelKind::kBool};
+      break;
+    case tf::DT_INT32:
+      in->labels = {y_true.tensor_data().data(), LabelKind::kInt32};
+      break;
+    case tf::DT_INT64:
+      in->labels = {y_true.tensor_data().data(), LabelKind::kInt64};
+      break;
+    default:
+      if (y_true.dtype() != tf::DataTypeToEnum<T>::v()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "y_true must have y_pred's dtype ", tf::DataTypeString(y_pred.dtype()),
+            ", or be bool, int32 or int64 labels; got ", tf::DataTypeString(y_true.dtype())));
+      }
+      in->y_true = InputData<kernel_t<T>>(y_true);
+  }
   in->y_pred = InputData<kernel_t<T>>(y_pred);
   in->mask = InputData<kernel_t<M>>(mask);
   in->n = y_true.NumElements();
@@ -105,9 +122,9 @@ absl::Status MakeInputs(const tf::Tensor& y_true, const tf::Tensor& y_pred, cons
     e.data = extras[k].tensor_data().data();
     e.mask_n = extras[k].NumElements();
     const tf::DataType dtype = extras[k].dtype();
-    e.kind = dtype == tf::DT_BOOL                      ? MaskKind::kBool
-             : dtype == tf::DataTypeToEnum<T>::v()      ? MaskKind::kInput
-                                                        : MaskKind::kAccumulator;
+    e.kind = dtype == tf::DT_BOOL                  ? MaskKind::kBool
+             : dtype == tf::DataTypeToEnum<T>::v() ? MaskKind::kInput
+                                                   : MaskKind::kAccumulator;
   }
   return PaddingValue<T>(padding_value, has_padding_value, &in->padding_value);
 }
@@ -237,6 +254,10 @@ class MaskedLossGradOp : public tf::OpKernel {
     scalars.weight_sum = InputData<Acc>(ctx->input(9));
     tf::OpInputList extras;
     OP_REQUIRES_OK(ctx, ctx->input_list("extra_masks", &extras));
+    OP_REQUIRES(ctx, !(want_true_ && y_true.dtype() != y_pred.dtype()),
+                absl::InvalidArgumentError(
+                    absl::StrCat("want_y_true=True needs floating-point y_true; ",
+                                 tf::DataTypeString(y_true.dtype()), " labels have no gradient")));
     OP_REQUIRES(ctx, !(want_mask_ && extras.size() > 0),
                 absl::InvalidArgumentError(
                     "want_mask=True with extra_masks: the kernels compute no mask gradient for "
@@ -262,54 +283,58 @@ class MaskedLossGradOp : public tf::OpKernel {
 }  // namespace tf_adapter
 }  // namespace masked_ops
 
-// Registers the forward op NAME and its gradient op NAME "Grad". extra_masks
+// Registers the forward op NAME and its gradient op NAME "Grad". y_true has
+// y_pred's dtype T, or is bool/int32/int64 labels (L) converted in the
+// kernel; those have no gradient. extra_masks
 // (last, so the other inputs keep their indices) are further masks combined
 // with `mask` in the kernel; any number up to ExtraMasks::kMax.
 // The accumulator dtype Tout is float32 for 16-bit and float32 inputs and
 // float64 for float64 inputs; the Python wrapper sets it.
-#define MASKED_OPS_REGISTER_LOSS_OPS(NAME)                 \
-  REGISTER_OP(NAME)                                        \
-      .Input("y_true: T")                                  \
-      .Input("y_pred: T")                                  \
-      .Input("mask: M")                                    \
-      .Input("padding_value: double")                      \
-      .Input("params: double")                             \
-      .Input("extra_masks: E")                             \
-      .Output("loss: Tout")                                \
-      .Output("sum: Tout")                                 \
-      .Output("weight_sum: Tout")                          \
-      .Output("count: int64")                              \
-      .Attr("T: {half, bfloat16, float, double}")          \
-      .Attr("M: {bool, half, bfloat16, float, double}")    \
-      .Attr("E: list({bool, half, bfloat16, float, double}) >= 0") \
-      .Attr("Tout: {float, double}")                       \
-      .Attr("reduction: {'mean', 'sum'} = 'mean'")         \
-      .Attr("has_padding_value: bool = false")             \
-      .SetShapeFn(::masked_ops::tf_adapter::ForwardShape); \
-  REGISTER_OP(NAME "Grad")                                 \
-      .Input("grad_loss: Tout")                            \
-      .Input("grad_sum: Tout")                             \
-      .Input("grad_weight_sum: Tout")                      \
-      .Input("y_true: T")                                  \
-      .Input("y_pred: T")                                  \
-      .Input("mask: M")                                    \
-      .Input("padding_value: double")                      \
-      .Input("params: double")                             \
-      .Input("loss: Tout")                                 \
-      .Input("weight_sum: Tout")                           \
-      .Input("extra_masks: E")                             \
-      .Output("grad_y_true: T")                            \
-      .Output("grad_y_pred: T")                            \
-      .Output("grad_mask: M")                              \
-      .Attr("T: {half, bfloat16, float, double}")          \
-      .Attr("M: {bool, half, bfloat16, float, double}")    \
-      .Attr("E: list({bool, half, bfloat16, float, double}) >= 0") \
-      .Attr("Tout: {float, double}")                       \
-      .Attr("reduction: {'mean', 'sum'} = 'mean'")         \
-      .Attr("want_y_true: bool = false")                   \
-      .Attr("want_y_pred: bool = true")                    \
-      .Attr("want_mask: bool = false")                     \
-      .Attr("has_padding_value: bool = false")             \
+#define MASKED_OPS_REGISTER_LOSS_OPS(NAME)                            \
+  REGISTER_OP(NAME)                                                   \
+      .Input("y_true: L")                                             \
+      .Input("y_pred: T")                                             \
+      .Input("mask: M")                                               \
+      .Input("padding_value: double")                                 \
+      .Input("params: double")                                        \
+      .Input("extra_masks: E")                                        \
+      .Output("loss: Tout")                                           \
+      .Output("sum: Tout")                                            \
+      .Output("weight_sum: Tout")                                     \
+      .Output("count: int64")                                         \
+      .Attr("T: {half, bfloat16, float, double}")                     \
+      .Attr("M: {bool, half, bfloat16, float, double}")               \
+      .Attr("L: {half, bfloat16, float, double, bool, int32, int64}") \
+      .Attr("E: list({bool, half, bfloat16, float, double}) >= 0")    \
+      .Attr("Tout: {float, double}")                                  \
+      .Attr("reduction: {'mean', 'sum'} = 'mean'")                    \
+      .Attr("has_padding_value: bool = false")                        \
+      .SetShapeFn(::masked_ops::tf_adapter::ForwardShape);            \
+  REGISTER_OP(NAME "Grad")                                            \
+      .Input("grad_loss: Tout")                                       \
+      .Input("grad_sum: Tout")                                        \
+      .Input("grad_weight_sum: Tout")                                 \
+      .Input("y_true: L")                                             \
+      .Input("y_pred: T")                                             \
+      .Input("mask: M")                                               \
+      .Input("padding_value: double")                                 \
+      .Input("params: double")                                        \
+      .Input("loss: Tout")                                            \
+      .Input("weight_sum: Tout")                                      \
+      .Input("extra_masks: E")                                        \
+      .Output("grad_y_true: T")                                       \
+      .Output("grad_y_pred: T")                                       \
+      .Output("grad_mask: M")                                         \
+      .Attr("T: {half, bfloat16, float, double}")                     \
+      .Attr("M: {bool, half, bfloat16, float, double}")               \
+      .Attr("L: {half, bfloat16, float, double, bool, int32, int64}") \
+      .Attr("E: list({bool, half, bfloat16, float, double}) >= 0")    \
+      .Attr("Tout: {float, double}")                                  \
+      .Attr("reduction: {'mean', 'sum'} = 'mean'")                    \
+      .Attr("want_y_true: bool = false")                              \
+      .Attr("want_y_pred: bool = true")                               \
+      .Attr("want_mask: bool = false")                                \
+      .Attr("has_padding_value: bool = false")                        \
       .SetShapeFn(::masked_ops::tf_adapter::GradShape)
 
 // Kernels for one device, loss, input dtype T and mask dtype M. The kernels

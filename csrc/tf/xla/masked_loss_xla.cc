@@ -63,14 +63,18 @@ absl::Status Prepare(tf::XlaOpKernelContext* ctx, int first_input, bool has_padd
   std::vector<int64_t> mask_dims(out->mask_rank);
   for (int64_t i = 0; i < out->mask_rank; ++i) mask_dims[i] = i;
   const xla::XlaOp m = xla::BroadcastInDim(ctx->Input(mask), out->dims, mask_dims);
-  const xla::XlaOp t_in = ctx->Input(y_true);
+  // Labels of another dtype become y_pred's dtype first, as the kernels read them.
+  const xla::PrimitiveType t_type = ctx->input_xla_type(y_pred);
+  const xla::XlaOp t_in = ctx->input_xla_type(y_true) == t_type
+                              ? ctx->Input(y_true)
+                              : xla::ConvertElementType(ctx->Input(y_true), t_type);
   std::optional<xla::XlaOp> not_padding;
   out->bad_padding = xla::ConstantR0<bool>(ctx->builder(), false);
   if (has_padding_value) {
     // Rounded to y_true's dtype through the accumulator type, as the kernels do.
     const xla::XlaOp padding64 = ctx->Input(padding);
     const xla::XlaOp padding_acc = xla::ConvertElementType(padding64, out->acc);
-    const xla::XlaOp padding_t = xla::ConvertElementType(padding_acc, ctx->input_xla_type(y_true));
+    const xla::XlaOp padding_t = xla::ConvertElementType(padding_acc, t_type);
     not_padding = xla::Ne(t_in, padding_t, {});
     const xla::XlaOp rounded = xla::ConvertElementType(padding_t, xla::F64);
     out->bad_padding =
@@ -84,25 +88,24 @@ absl::Status Prepare(tf::XlaOpKernelContext* ctx, int first_input, bool has_padd
   std::vector<tf::TensorShape> extra_shapes;
   TF_RETURN_IF_ERROR(ctx->InputList("extra_masks", &extras, &extra_shapes));
   if (extras.size() > static_cast<size_t>(ExtraMasks::kMax)) {
-    return absl::InvalidArgumentError(absl::StrCat("at most ", 1 + ExtraMasks::kMax,
-                                                   " masks can be combined, got ",
-                                                   1 + extras.size()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "at most ", 1 + ExtraMasks::kMax, " masks can be combined, got ", 1 + extras.size()));
   }
   for (size_t k = 0; k < extras.size(); ++k) {
     const tf::TensorShape& shape = extra_shapes[k];
     bool ok = shape.dims() <= static_cast<int>(dims.size());
     for (int i = 0; ok && i < shape.dims(); ++i) ok = shape.dim_size(i) == dims[i];
     if (!ok) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "mask[", k + 1, "] (extra_masks[", k, "]) shape ", shape.DebugString(),
-          " must equal the inputs' shape ", xla::ShapeUtil::HumanString(pred_shape),
-          " or be a leading prefix of it"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("mask[", k + 1, "] (extra_masks[", k, "]) shape ", shape.DebugString(),
+                       " must equal the inputs' shape ", xla::ShapeUtil::HumanString(pred_shape),
+                       " or be a leading prefix of it"));
     }
     std::vector<int64_t> extra_dims(shape.dims());
     for (int i = 0; i < shape.dims(); ++i) extra_dims[i] = i;
     // The product, or 0 once any weight is 0 (0 * NaN would keep a NaN weight).
-    const xla::XlaOp wk = xla::ConvertElementType(
-        xla::BroadcastInDim(extras[k], out->dims, extra_dims), out->acc);
+    const xla::XlaOp wk =
+        xla::ConvertElementType(xla::BroadcastInDim(extras[k], out->dims, extra_dims), out->acc);
     const xla::XlaOp zero = xla::ScalarLike(out->w, 0);
     out->w = xla::Select(xla::And(xla::Ne(out->w, zero), xla::Ne(wk, zero)), out->w * wk,
                          xla::ZerosLike(out->w));

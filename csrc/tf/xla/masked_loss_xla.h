@@ -125,6 +125,9 @@ class MaskedLossGradXlaOp : public tf::XlaOpKernel {
     OP_REQUIRES(ctx, !(want_mask_ && ctx->input_type(5) == tf::DT_BOOL),
                 absl::InvalidArgumentError(
                     "want_mask=True needs a floating-point mask; a boolean mask has no gradient"));
+    OP_REQUIRES(ctx, !(want_true_ && ctx->input_type(3) != ctx->input_type(4)),
+                absl::InvalidArgumentError(
+                    "want_y_true=True needs floating-point y_true; labels have no gradient"));
     OP_REQUIRES(ctx, !(want_mask_ && in.num_extra_masks > 0),
                 absl::InvalidArgumentError(
                     "want_mask=True with extra_masks: no mask gradient for several masks "
@@ -152,7 +155,7 @@ class MaskedLossGradXlaOp : public tf::XlaOpKernel {
       a = grad_loss * inv + grad_sum / scale;
       b = xla::Neg(grad_loss * loss * inv);
     }
-    const xla::PrimitiveType t_type = ctx->input_xla_type(3);
+    const xla::PrimitiveType t_type = ctx->input_xla_type(4);  // y_pred's: labels have none
     const xla::XlaOp aw = a * (in.w * scale);
     auto element_grad = [&](xla::XlaOp g) {
       return xla::ConvertElementType(xla::Select(in.keep, aw * g, in.zeros), t_type);
