@@ -14,12 +14,16 @@ local GPU and runs this script, which
      boundary); padding; NaN and Inf under the mask. Every other loss, for each
      of its parameter sets in LOSS_PARAMS, runs a representative subset (each
      dtype and mask kind, short and long prefix rows, offsets, a size above
-     2**24) with inputs in its domain. Every output is poisoned (NaN) before
-     each run and checked fully written, and each run is repeated and compared
-     byte for byte. It also checks that a bad loss name or parameter is
-     refused, that the peers' formulas compute the oracle's loss, and on the
-     GPU that an element-misaligned view and a call without a stream are
-     refused with their errors;
+     2**24) with inputs in its domain. Every loss, for each parameter set,
+     also runs with `mask` a list of two or three masks (SEVERAL_MASKS: boolean
+     and float, 0-d, row and elementwise, NaN/Inf weights where another mask
+     is 0), checked against the weights as the kernels combine them. Every
+     output is poisoned (NaN) before each run and checked fully written, and
+     each run is repeated and compared byte for byte. It also checks that a
+     bad loss name or parameter, a list of 6 masks and a mask gradient of
+     several masks are refused, that the peers' formulas compute the oracle's
+     loss, and on the GPU that an element-misaligned view and a call without
+     a stream are refused with their errors;
   2. writes the correctness results to benchmarks/results/ at once, then times
      with CUDA events (median of many runs, inputs larger than L2) each loss's
      forward and forward+backward at 2**28 float32 elements, then the squared
@@ -64,6 +68,16 @@ PAD = -1.5  # exactly representable in every input dtype, outside every loss's t
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 # "float32": float32 weights with 16-bit inputs (the accumulator dtype); "scalar_float": a 0-d mask.
 MASKS = ("none", "bool", "float", "float32", "prefix_bool", "prefix_float", "scalar_float")
+# Several masks in one call (Case.mask "several", Case.masks): (kind, rank) of
+# each in list order. kind: "bool", "float" (the inputs' dtype) or "acc" (the
+# accumulator dtype: float32 weights for 16-bit inputs); rank: 0 (a 0-d
+# weight), 1 (rows: a prefix mask) or 2 (elementwise). Float weights are NaN or
+# Inf wherever another mask of no higher rank is 0: never kept.
+SEVERAL_MASKS = (
+    (("bool", 1), ("float", 2)),  # a padding mask of rows and elementwise weights
+    (("bool", 2), ("bool", 1)),  # two booleans of two shapes (AND)
+    (("acc", 2), ("float", 0), ("bool", 1)),  # three, a 0-d weight in the middle
+)
 REDUCTIONS = ("mean", "sum")
 # (1, 1): a scalar head before 16-byte-aligned vectors; (1, 2) and (0, 3):
 # y_true and y_pred at different 16-byte phases (the scalar path).
@@ -128,13 +142,20 @@ class Case:
     offsets: tuple = (0, 0)  # element offsets of the y_true and y_pred views
     loss: str = "squared_error"  # the loss table's name
     params: tuple = ()
+    masks: tuple = ()  # mask "several": SEVERAL_MASKS's (kind, rank) pairs (needs inner)
 
     @property
     def prefix(self):
         return self.mask.startswith("prefix")
 
     @property
+    def several(self):
+        return self.mask == "several"
+
+    @property
     def float_mask(self):
+        """A single float mask, whose gradient is checked (the kernels compute
+        none for several masks)."""
         return self.mask in ("float", "float32", "prefix_float", "scalar_float")
 
     @property
@@ -143,15 +164,21 @@ class Case:
 
     @property
     def mask_dtype(self):
-        """None, "bool", or the weights' dtype."""
-        if self.mask == "none":
+        """None (no mask, or several: kind_dtype), "bool", or the weights' dtype."""
+        if self.mask == "none" or self.several:
             return None
         if not self.float_mask:
             return "bool"
         return "float32" if self.mask == "float32" else self.dtype
 
+    def kind_dtype(self, kind):
+        """The dtype of a mask of SEVERAL_MASKS's `kind`."""
+        return {"bool": "bool", "float": self.dtype, "acc": self.acc}[kind]
+
     @property
     def rows_inner(self):
+        if self.several:
+            return self.n // self.inner, self.inner
         if self.prefix:
             return (self.n // self.inner, self.inner) if self.inner else prefix_split(self.n)
         if self.mask in ("none", "scalar_float"):
@@ -160,7 +187,12 @@ class Case:
 
     @property
     def shape(self):
-        return self.rows_inner if self.prefix else (self.n,)
+        return self.rows_inner if self.prefix or self.several else (self.n,)
+
+    @property
+    def mask_sizes(self):
+        """Several masks: the number of entries of each (1, rows or n)."""
+        return [(1, self.rows_inner[0], self.n)[rank] for _, rank in self.masks]
 
     @property
     def mask_shape(self):
@@ -168,7 +200,8 @@ class Case:
 
     @property
     def mask_n(self):
-        return self.rows_inner[0]
+        """Entries of the mask (of the first mask of several)."""
+        return self.mask_sizes[0] if self.several else self.rows_inner[0]
 
     @property
     def math(self):
@@ -187,7 +220,11 @@ class Case:
     def name(self):
         extra = f" inner={self.inner}" if self.inner else ""
         extra += f" offsets={self.offsets}" if any(self.offsets) else ""
-        return f"{self.label} n={self.n} {self.dtype} {self.mask} {self.reduction}{extra}"
+        mask = self.mask
+        if self.several:
+            ranks = ("0-d", "rows", "elements")
+            mask = "[" + ", ".join(f"{k}({ranks[r]})" for k, r in self.masks) + "]"
+        return f"{self.label} n={self.n} {self.dtype} {mask} {self.reduction}{extra}"
 
 
 def valid_case(case):
@@ -254,7 +291,9 @@ class Backend:
         gen = self.generator(seed)
         rows, inner = case.rows_inner
         m = None
-        if case.float_mask:
+        if case.several:
+            m = self.draw_masks(case, gen, poison)
+        elif case.float_mask:
             u = self.rand(gen, rows)
             w = 0.25 + 1.75 * self.rand(gen, rows)
             m = self.cast(self.where(u < 0.3, 0.0, w), case.mask_dtype)
@@ -269,14 +308,59 @@ class Backend:
             tc = self.where(self.rand(gen, e - s) < 0.1, PAD, tc)
             if poison:
                 dropped = tc == PAD
-                if m is not None:
+                if case.several:
+                    zero = self.several_zero(case, m, s, e)
+                    dropped = dropped | zero
+                    tc = self.where(zero, np.inf, tc)
+                elif m is not None:
                     w = self.as_float(m[self.arange(s, e) // inner])
                     dropped = dropped | (w == 0)
                     tc = self.where(w == 0, np.inf, tc)
                 pc = self.where(dropped, np.nan, pc)
             self.store(t, s, e, tc)
             self.store(p, s, e, pc)
+        if case.several:
+            shapes = ((), (rows,), (rows, inner))
+            return Inputs(
+                t, p, [x.reshape(shapes[r]) for x, (_, r) in zip(m, case.masks, strict=True)]
+            )
         return Inputs(t, p, None if m is None else m.reshape(case.mask_shape))
+
+    def draw_masks(self, case, gen, poison):
+        """Several masks, flat, in list order: 70 % of the entries kept (a 0-d
+        mask always), float weights in [0.25, 2). With poison, float weights
+        are NaN or Inf wherever another mask of no higher rank is 0, where
+        their combination is 0 all the same."""
+        masks = []
+        for (kind, rank), size in zip(case.masks, case.mask_sizes, strict=True):
+            keep = self.rand(gen, size) < (1.0 if rank == 0 else 0.7)
+            if kind != "bool":
+                keep = self.where(keep, 0.25 + 1.75 * self.rand(gen, size), 0.0)
+            masks.append(keep)
+        if poison:
+            for k, ((kind, rank), size) in enumerate(zip(case.masks, case.mask_sizes, strict=True)):
+                if kind == "bool" or rank == 0:
+                    continue
+                i = self.arange(0, size)
+                for j, ((_, rank_j), size_j) in enumerate(
+                    zip(case.masks, case.mask_sizes, strict=True)
+                ):
+                    if j != k and 0 < rank_j <= rank:
+                        zero = masks[j][i // (size // size_j)] == 0
+                        masks[k] = self.where(zero & (i % 2 == 0), np.nan, masks[k])
+                        masks[k] = self.where(zero & (i % 2 == 1), np.inf, masks[k])
+        return [
+            m if kind == "bool" else self.cast(m, case.kind_dtype(kind))
+            for m, (kind, _) in zip(masks, case.masks, strict=True)
+        ]
+
+    def several_zero(self, case, masks, s, e):
+        """Elements s..e that one of several masks weighs 0."""
+        zero = None
+        for m, size in zip(masks, case.mask_sizes, strict=True):
+            z = m[self.arange(s, e) // (case.n // size)] == 0
+            zero = z if zero is None else zero | z
+        return zero
 
 
 # ---------------------------------------------------------------------------
@@ -316,6 +400,24 @@ def out_of_bound(xp, actual, expected, bound, dtype):
     return bad & ~(big & (actual == xp.where(expected > 0, np.inf, -np.inf)))
 
 
+def combined_weights(be, case, masks, s, e):
+    """float64 weights of elements s..e under several masks as the kernels
+    combine them (tests/oracle.py's combined_weights): in list order, in the
+    accumulator dtype, the product, or 0 once any weight is 0."""
+    xp, acc = be.xp, np.dtype(case.acc)
+    combined = None
+    for m, size in zip(masks, case.mask_sizes, strict=True):
+        per = case.n // size  # elements each entry covers
+        r0, r1 = s // per, (e - 1) // per + 1
+        local = xp.arange(s, e, dtype=xp.int64) // per - r0
+        w = be.f64(m.reshape(-1)[r0:r1])[local].astype(acc)
+        if combined is None:
+            combined = w
+        else:
+            combined = xp.where((combined != 0) & (w != 0), combined * w, acc.type(0))
+    return combined.astype(np.float64)
+
+
 def check_reference(be, case, inp, result):
     """Failures of one run against the float64 oracle (empty when it passed).
     Bounds as in tests/fuzz_cases.py: relative to the magnitudes of the terms
@@ -333,7 +435,7 @@ def check_reference(be, case, inp, result):
         (tallies[0], result.grads[0], math.grad_true, math.grad_true_scale),
         (tallies[1], result.grads[1], math.grad_pred, math.grad_pred_scale),
     )
-    m_flat = None if inp.m is None else inp.m.reshape(-1)
+    m_flat = None if inp.m is None or case.several else inp.m.reshape(-1)
     if case.float_mask:
         mask_grad, mask_scale, mask_kept = (xp.zeros(case.mask_n) for _ in range(3))
     with np.errstate(all="ignore"):
@@ -342,7 +444,10 @@ def check_reference(be, case, inp, result):
             p = be.f64(inp.p[s:e])
             r0, r1 = s // inner, (e - 1) // inner + 1
             local = xp.arange(s, e, dtype=xp.int64) // inner - r0
-            w = xp.ones(e - s) if m_flat is None else be.f64(m_flat[r0:r1])[local]
+            if case.several:
+                w = combined_weights(be, case, inp.m, s, e)
+            else:
+                w = xp.ones(e - s) if m_flat is None else be.f64(m_flat[r0:r1])[local]
             keep = (w != 0) & (t != padding)
             value = math.value(t, p)
             value_scale = math.value_scale(t, p)
@@ -602,6 +707,26 @@ def loss_refusals(losses, forward):
     ]
 
 
+def several_mask_refusals(forward, backward_with_mask_gradient, two_masks):
+    """Six masks, and a mask gradient of several masks (which the kernels do
+    not compute), must be refused with their messages: forward(masks) and
+    backward_with_mask_gradient(masks) run one call each."""
+    return [
+        refusal(
+            "a list of 6 masks is refused",
+            lambda: forward(two_masks * 3),
+            ValueError,
+            "at most 5 masks",
+        ),
+        refusal(
+            "a mask gradient of several masks is refused",
+            lambda: backward_with_mask_gradient(two_masks),
+            ValueError,
+            "several masks",
+        ),
+    ]
+
+
 class HostBackend(NumpyOps, Backend):
     """NumPy arrays through the binding's host path (the dry run)."""
 
@@ -657,9 +782,14 @@ class HostBackend(NumpyOps, Backend):
         return True, ""
 
     def api_checks(self):
-        t = np.ones(8, np.float32)
-        return loss_refusals(
-            self.k.losses, lambda name, q: self.k.forward(t, t, loss_name=name, params=q)
+        k, t = self.k, np.ones(8, np.float32)
+        checks = loss_refusals(k.losses, lambda name, q: k.forward(t, t, loss_name=name, params=q))
+        return checks + several_mask_refusals(
+            lambda masks: k.forward(t, t, masks),
+            lambda masks: k.backward(
+                *UPSTREAM, t, t, masks, None, 1.0, 8.0, "mean", want_mask=True
+            ),
+            [t, t],
         )
 
     def release(self):
@@ -817,7 +947,10 @@ class CudaBackend(Backend):
             if g is not None:
                 g.fill_(float("nan"))
         t, p = (self.cai(x.view(shape)) for x in (inp.t, inp.p))
-        m = None if inp.m is None else self.cai(inp.m)
+        if case.several:
+            m = [self.cai(x) for x in inp.m]
+        else:
+            m = None if inp.m is None else self.cai(inp.m)
         kw = {"dtype": case.dtype, "stream": self.stream(), **case.loss_kw}
         k.forward_cuda(t, p, m, PAD, case.reduction, out, count, fw, **kw)
         g_views = [
@@ -882,6 +1015,20 @@ class CudaBackend(Backend):
             lambda name, q: k.forward_cuda(
                 x, x, None, None, "mean", out, count, ws, stream=stream, loss_name=name, params=q
             ),
+        )
+        bw = torch.empty(
+            k.backward_workspace_bytes(x.numel(), x.numel(), True),
+            dtype=torch.uint8,
+            device=self.dev,
+        )
+        up = torch.tensor(UPSTREAM, device=self.dev)
+        g = [torch.empty_like(x) for _ in range(3)]
+        checks += several_mask_refusals(
+            lambda masks: k.forward_cuda(x, x, masks, None, "mean", out, count, ws, stream=stream),
+            lambda masks: k.backward_cuda(
+                up, out, x, x, masks, None, "mean", *g, bw, stream=stream
+            ),
+            [x, x],
         )
         # The context survived: a valid call still runs and is right.
         k.forward_cuda(x, x, None, None, "mean", out, count, ws, stream=stream)
@@ -961,9 +1108,31 @@ def loss_subset(mode, loss, params):
     return cases
 
 
+def several_masks_cases(mode, loss, params):
+    """Each SEVERAL_MASKS combination for each dtype, mean and sum
+    alternating, at a few elements and at (rows, inner) with an odd row
+    length (vectors span rows) over several blocks."""
+    shapes = ((7, 3), (6433, 163) if mode == "cuda" else (1225, 107))  # 2**20+3, 2**17+3
+    return [
+        Case(
+            rows * inner,
+            d,
+            "several",
+            REDUCTIONS[(i + j + k) % 2],
+            inner=inner,
+            loss=loss,
+            params=params,
+            masks=masks,
+        )
+        for i, (rows, inner) in enumerate(shapes)
+        for j, d in enumerate(DTYPES)
+        for k, masks in enumerate(SEVERAL_MASKS)
+    ]
+
+
 def correctness_cases(mode, losses=None):
     """squared_error's full matrix, then each other loss's subset for each of
-    its parameter sets."""
+    its parameter sets; for each loss and parameter set, several masks."""
     losses = tuple(LOSS_PARAMS) if losses is None else losses
     cases = []
     for loss in losses:
@@ -972,6 +1141,7 @@ def correctness_cases(mode, losses=None):
                 cases += full_matrix(mode, loss, params)
             else:
                 cases += loss_subset(mode, loss, params)
+            cases += several_masks_cases(mode, loss, params)
     return [c for c in cases if valid_case(c)]
 
 

@@ -2,6 +2,7 @@
 gradients, and the public functions, all driven by the loss specs."""
 
 import tensorflow as tf
+from tensorflow.python.eager import record
 
 from masked_ops import _inputs, _loader, _xla, reference, specs
 from masked_ops._loader import op_library
@@ -47,7 +48,7 @@ def _register_gradient(spec):
         def upstream(g):
             return tf.zeros([], acc) if g is None else g
 
-        def run(kernel_mask, want_mask):
+        def run(kernel_mask, want_mask, want_true=want_true, want_pred=want_pred):
             return grad_op(
                 grad_loss=upstream(grad_loss),
                 grad_sum=upstream(grad_sum),
@@ -85,15 +86,18 @@ def _several_masks_gradient(run, masks, y_pred, acc):
     """Gradients of several masks (only when one of them is a watched float
     mask: weights are rarely trained). The kernels compute the gradient of the
     combined weight W = w_0 w_1 ... (materialized here, at the shape of the
-    longest mask); each mask's is that times the other masks' weights, summed
-    over the elements its entries cover."""
+    longest mask, by TF ops, which flush subnormal products to zero on the
+    CPU); each mask's is that times the other masks' weights, summed over the
+    elements its entries cover. y_true's and y_pred's come from the kernels on
+    the masks themselves, as without a mask gradient."""
     rank = max(m.shape.rank for m in masks)
     shape = tf.shape(y_pred)[:rank]
     weights = [_inputs.broadcast_weight(m, shape, rank, acc) for m in masks]
     combined = weights[0]
     for w in weights[1:]:
         combined = _inputs.combine_weights(combined, w)
-    grad_true, grad_pred, grad_combined = run([combined], True)
+    grad_true, grad_pred, _ = run(masks, False)
+    _, _, grad_combined = run([combined], True, want_true=False, want_pred=False)
     grads = []
     for i, m in enumerate(masks):
         g = grad_combined
@@ -106,14 +110,104 @@ def _several_masks_gradient(run, masks, y_pred, acc):
     return grad_true, grad_pred, grads
 
 
+def _register_one_pass_gradient(spec):
+    """The gradient of the one-pass op (OP "WithGrad"), which wrote the
+    gradients of `loss` for an upstream gradient of 1 in its forward: they are
+    only scaled by the upstream gradient (nothing to do when it is exactly 1).
+    Any other use (gradients through sum or weight_sum, an input the forward
+    did not write a gradient for) takes the two-pass gradient op."""
+    grad_op = _wrapper(spec.grad_op)
+
+    @tf.RegisterGradient(spec.op_type + "WithGrad")
+    def _gradient(op, grad_loss, grad_sum, grad_weight_sum, _count, _g_true, _g_pred):
+        skip = set(getattr(op, "skip_input_indices", None) or ())
+        y_true, y_pred, mask, padding_value, params = op.inputs[:5]
+        want_true = 0 not in skip and y_true.dtype.is_floating
+        want_pred = 1 not in skip
+        grads = [None] * len(op.inputs)
+        if not (want_true or want_pred):
+            return grads
+        reduction = _attr_str(op.get_attr("reduction"))
+        acc = op.outputs[0].dtype
+        written = (op.get_attr("want_y_true"), op.get_attr("want_y_pred"))
+        grad_sum, grad_weight_sum = _unless_zero(grad_sum), _unless_zero(grad_weight_sum)
+        only_loss = grad_weight_sum is None and (grad_sum is None or reduction == "sum")
+        if only_loss and (written[0] or not want_true) and (written[1] or not want_pred):
+            # For "sum", loss and sum are the same output.
+            scale = tf.zeros([], acc) if grad_loss is None else grad_loss
+            if grad_sum is not None:
+                scale = scale + grad_sum
+            for i, want in ((0, want_true), (1, want_pred)):
+                if want:
+                    grads[i] = _SCALE_GRADIENT(scale=scale, gradient=op.outputs[4 + i])
+            return grads
+
+        def upstream(g):
+            return tf.zeros([], acc) if g is None else g
+
+        grad_true, grad_pred, _ = grad_op(
+            grad_loss=upstream(grad_loss),
+            grad_sum=upstream(grad_sum),
+            grad_weight_sum=upstream(grad_weight_sum),
+            y_true=y_true,
+            y_pred=y_pred,
+            mask=mask,
+            padding_value=padding_value,
+            params=params,
+            loss=op.outputs[0],
+            weight_sum=op.outputs[2],
+            extra_masks=[],
+            reduction=reduction,
+            want_y_true=want_true,
+            want_y_pred=want_pred,
+            want_mask=False,
+        )
+        grads[0] = grad_true if want_true else None
+        grads[1] = grad_pred if want_pred else None
+        return grads
+
+
+def _unless_zero(g):
+    """None for an upstream gradient that is absent or a known zero (the
+    tape passes zeros for outputs that reach no loss)."""
+    if g is None:
+        return None
+    value = tf.get_static_value(g)
+    return None if value is not None and value == 0 else g
+
+
+_SCALE_GRADIENT = _wrapper("masked_ops_scale_gradient")
+tf.no_gradient("MaskedOps>ScaleGradient")
+
 _OPS = {}
+_ONE_PASS_OPS = {}
 for _spec in specs.LOSSES:
     _OPS[_spec.op_type] = _wrapper(_spec.op)
+    _ONE_PASS_OPS[_spec.op_type] = _wrapper(_spec.one_pass_op)
     _register_gradient(_spec)
+    _register_one_pass_gradient(_spec)
 
 
-def fused(spec, y_true, y_pred, mask, padding_value, reduction, params=()):
-    """Runs the op of `spec`; returns (loss, sum, weight_sum, count)."""
+def _one_pass_gradients(y_true, y_pred, mask, extra_masks, has_padding):
+    """(want_y_true, want_y_pred) when the loss and its gradient can come from
+    one pass, else None: a gradient tape is recording y_true or y_pred (so a
+    gradient will be taken; evaluate/predict keep the forward-only kernel),
+    the mask is boolean (its count is the normalization, from a cheap
+    pre-pass), there is no padding value and no second mask, and XLA is not
+    compiling (its lowering stays two-pass)."""
+    if _xla.in_xla_context() or mask.dtype != tf.bool or extra_masks or has_padding:
+        return None
+    want = tuple(
+        x.dtype.is_floating and record.should_record_backprop([x]) for x in (y_true, y_pred)
+    )
+    return want if any(want) else None
+
+
+def fused(spec, y_true, y_pred, mask, padding_value, reduction, params=(), loss_only=False):
+    """Runs the op of `spec`; returns (loss, sum, weight_sum, count).
+    loss_only: the caller differentiates only `loss` (the public loss
+    functions), which lets the forward write the gradient in the same pass
+    when a tape is recording; callers of the sums keep the two-pass op."""
     _inputs.check_reduction(reduction)
     params = tuple(float(p) for p in params)
     if len(params) != len(spec.params):
@@ -125,14 +219,32 @@ def fused(spec, y_true, y_pred, mask, padding_value, reduction, params=()):
     y_true, y_pred, mask, extra_masks, padding, has_padding = _inputs.prepare(
         y_true, y_pred, mask, padding_value
     )
+    params = tf.constant(params, tf.float64, shape=[len(params)])
+    tout = _inputs.accumulator_dtype(y_pred.dtype)
+    want = (
+        _one_pass_gradients(y_true, y_pred, mask, extra_masks, has_padding) if loss_only else None
+    )
+    if want is not None:
+        return _ONE_PASS_OPS[spec.op_type](
+            y_true=y_true,
+            y_pred=y_pred,
+            mask=mask,
+            padding_value=padding,
+            params=params,
+            extra_masks=[],
+            Tout=tout,
+            reduction=reduction,
+            want_y_true=want[0],
+            want_y_pred=want[1],
+        )[:4]
     return _OPS[spec.op_type](
         y_true=y_true,
         y_pred=y_pred,
         mask=mask,
         extra_masks=extra_masks,
         padding_value=padding,
-        params=tf.constant(params, tf.float64, shape=[len(params)]),
-        Tout=_inputs.accumulator_dtype(y_pred.dtype),
+        params=params,
+        Tout=tout,
         reduction=reduction,
         has_padding_value=has_padding,
     )
@@ -180,7 +292,9 @@ def masked_mse(y_true, y_pred, mask=None, *, padding_value=None, reduction="mean
     reduction="sum": the masked sum. Masked positions contribute nothing and get
     zero gradient even when they hold NaN or Inf.
     """
-    return fused(specs.SQUARED_ERROR, y_true, y_pred, mask, padding_value, reduction)[0]
+    return fused(
+        specs.SQUARED_ERROR, y_true, y_pred, mask, padding_value, reduction, loss_only=True
+    )[0]
 
 
 def masked_absolute_error_sums(y_true, y_pred, mask=None, *, padding_value=None):
@@ -191,7 +305,9 @@ def masked_absolute_error_sums(y_true, y_pred, mask=None, *, padding_value=None)
 def masked_mae(y_true, y_pred, mask=None, *, padding_value=None, reduction="mean"):
     """Masked mean absolute error in one fused pass (gradient 0 where y_true == y_pred,
     as TensorFlow's); otherwise as masked_mse."""
-    return fused(specs.ABSOLUTE_ERROR, y_true, y_pred, mask, padding_value, reduction)[0]
+    return fused(
+        specs.ABSOLUTE_ERROR, y_true, y_pred, mask, padding_value, reduction, loss_only=True
+    )[0]
 
 
 def masked_huber_sums(y_true, y_pred, mask=None, *, delta=1.0, padding_value=None):
@@ -203,7 +319,9 @@ def masked_huber(y_true, y_pred, mask=None, *, delta=1.0, padding_value=None, re
     """Masked Huber loss, as keras.losses.Huber: with e = y_pred - y_true,
     0.5 e^2 where |e| <= delta, else delta |e| - 0.5 delta^2; otherwise as masked_mse."""
     params = (_check_delta(delta),)
-    return fused(specs.HUBER, y_true, y_pred, mask, padding_value, reduction, params)[0]
+    return fused(
+        specs.HUBER, y_true, y_pred, mask, padding_value, reduction, params, loss_only=True
+    )[0]
 
 
 def masked_binary_crossentropy_sums(
@@ -231,4 +349,4 @@ def masked_binary_crossentropy(
     tf.nn.sigmoid_cross_entropy_with_logits. Otherwise as masked_mse."""
     params = (_check_label_smoothing(label_smoothing),)
     spec = _bce_spec(from_logits)
-    return fused(spec, y_true, y_pred, mask, padding_value, reduction, params)[0]
+    return fused(spec, y_true, y_pred, mask, padding_value, reduction, params, loss_only=True)[0]

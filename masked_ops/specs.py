@@ -36,6 +36,11 @@ class LossSpec:
     def grad_op(self):
         return self.op + "_grad"
 
+    @property
+    def one_pass_op(self):
+        """The loss and its gradient in one pass (op_type + "WithGrad")."""
+        return self.op + "_with_grad"
+
 
 def squared_error(t, p):
     d = t - p

@@ -5,10 +5,11 @@ sanitizers too).
 A Case holds one loss with its parameters and NumPy inputs exactly as a user
 would pass them: y_true and y_pred in one float dtype (values from the loss's
 domain), a mask of any kind (None, bool, int32, or float weights of any float
-dtype; the inputs' shape, a leading prefix of it, or 0-d), an optional
-padding value that occurs in y_true, NaN/Inf wherever an element is not kept,
-the reduction and the upstream gradients. Most examples are small; some
-sizes sit on the kernels' block (1024) and chunk (65536) boundaries.
+dtype; the inputs' shape, a leading prefix of it, or 0-d) or a list of 2 or 3
+such masks (mask_lists: "several masks", each of its own kind and shape), an
+optional padding value that occurs in y_true, NaN/Inf wherever an element is
+not kept, the reduction and the upstream gradients. Most examples are small;
+some sizes sit on the kernels' block (1024) and chunk (65536) boundaries.
 """
 
 import dataclasses
@@ -84,7 +85,8 @@ def boundary_shapes():
 
 
 SHAPES = {"small": small_shapes(), "boundary": boundary_shapes()}
-MASK_KINDS = ("none", "bool", "int32", "float")
+# "several": a list of masks (mask_lists).
+MASK_KINDS = ("none", "bool", "int32", "float", "several")
 
 
 def _subnormal(*names):
@@ -204,17 +206,37 @@ class Case:
         return self.y_pred.shape
 
     @property
+    def several(self):
+        """mask is a list of masks."""
+        return isinstance(self.mask, list)
+
+    @property
     def mask_dtype(self):
-        return None if self.mask is None else oracle.dtype_name(self.mask.dtype)
+        """The dtype of a single mask (None for none or several)."""
+        return None if self.mask is None or self.several else oracle.dtype_name(self.mask.dtype)
 
     @property
     def mask_is_float(self):
+        """A single float mask: the kernels compute its gradient (none for several)."""
         return self.mask_dtype in FLOAT_DTYPES  # ml_dtypes.bfloat16 is not np.floating
 
     @property
     def kernel_mask(self):
-        """The mask as the kernels take it (bool, or weights in the kernel dtype)."""
+        """The mask as the kernels take it (bool, or weights in the kernel
+        dtype; a list of them for several masks)."""
+        if self.several:
+            # Arrays, not NumPy scalars (`m != 0` of a 0-d array is one):
+            # a list of scalars is one mask.
+            return [np.asarray(oracle.kernel_mask(m, self.dtype)) for m in self.mask]
         return oracle.kernel_mask(self.mask, self.dtype)
+
+    @property
+    def weights(self):
+        """float64 weight of every element as the kernels read it (several
+        masks combined as the kernels combine them)."""
+        if self.several:
+            return oracle.combined_weights(self.mask, self.dtype, self.shape)
+        return oracle.full_weights(oracle.kernel_weights(self.mask, self.dtype), self.shape)
 
     @property
     def padding(self):
@@ -230,15 +252,89 @@ class Case:
             self.math,
             self.y_true.astype(np.float64),
             self.y_pred.astype(np.float64),
-            oracle.kernel_weights(self.mask, self.dtype),
+            self.weights,
             self.padding,
         )
+
+
+def _mask_shape(draw, shape):
+    """The inputs' shape (half of the time) or a leading prefix of it."""
+    rank = draw(st.one_of(st.just(len(shape)), st.integers(0, len(shape))))
+    return shape[:rank]
+
+
+def _draw_mask(draw, rng, kind, dtype, mshape, huge=True, keep=(0.0, 0.5, 0.9, 1.0)):
+    """One mask of `kind` ("bool", "int32" or "float": weights of a drawn float
+    dtype, some subnormal, some huge unless huge=False) for inputs of `dtype`.
+    keep: the fractions a boolean mask keeps."""
+    if kind == "bool":
+        return rng.random(mshape) < draw(st.sampled_from(keep))
+    if kind == "int32":
+        values = np.array([-2, 0, 0, 1, 3, -(2**31)], np.int32)
+        return values[rng.integers(0, values.size, mshape)]
+    choice = draw(st.sampled_from(("same", "accumulator", *FLOAT_DTYPES)))
+    mask_dtype = {"same": dtype, "accumulator": oracle.accumulator(dtype)}.get(choice, choice)
+    k_dtype = oracle.kernel_mask_dtype(mask_dtype, dtype)
+    subnormal = _subnormal(mask_dtype, k_dtype)
+    if k_dtype != mask_dtype:
+        # TensorFlow's Cast flushes subnormal values to zero (a documented
+        # limit of masks of another dtype): converted masks draw tiny
+        # weights that stay normal in both dtypes.
+        subnormal = 1e3 * max(float(oracle.finfo(n).smallest_normal) for n in (mask_dtype, k_dtype))
+    w = np.asarray(
+        _bulk_weights(
+            rng,
+            draw(st.sampled_from(("positive", "signed", "ints", "binary", "tiny", "cancel"))),
+            mshape,
+            subnormal,
+        ),
+        np.float64,
+    )
+    specials = (0.0, -0.0, -1.0, 1.0, subnormal) + ((_huge(mask_dtype),) if huge else ())
+    _put_specials(draw, w, specials)
+    return w.astype(oracle.np_dtype(mask_dtype))
+
+
+@st.composite
+def mask_lists(draw, shape, dtype):
+    """Several masks (a list of 2 or 3) for inputs of `shape` and `dtype`:
+    each bool, int32 or float weights (of a drawn float dtype, zero,
+    subnormal and negative ones among them) and of its own shape (the
+    inputs', a leading prefix, or 0-d; always NumPy arrays, never NumPy
+    scalars). Huge weights in one mask only, so their products stay finite.
+    Sometimes float weights are NaN or Inf where another mask (of no higher
+    rank) is 0 in the kernel's view: their combination is 0 all the same, so
+    they must not be kept."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    count = draw(st.integers(2, 3))
+    huge_at = draw(st.integers(0, count - 1))
+    masks = []
+    for i in range(count):
+        kind = draw(st.sampled_from(("bool", "int32", "float")))
+        mshape = _mask_shape(draw, shape)
+        m = _draw_mask(draw, rng, kind, dtype, mshape, huge=i == huge_at, keep=(0.5, 0.9, 1.0))
+        masks.append(np.asarray(m))
+    if draw(st.booleans()):
+        # One mask's zeros stay: float weights of the others at the entries it
+        # covers with 0 become NaN or Inf.
+        a = draw(st.integers(0, count - 1))
+        zero = oracle.kernel_weights(masks[a], dtype) == 0
+        for i, m in enumerate(masks):
+            if i == a or m.ndim < zero.ndim:
+                continue
+            if oracle.dtype_name(m.dtype) in FLOAT_DTYPES:
+                where = oracle.full_weights(zero, m.shape) != 0
+                where &= rng.random(m.shape) < 0.7
+                poison = np.resize(np.array(POISON), m.shape)
+                masks[i] = np.asarray(np.where(where, poison, m).astype(m.dtype))
+    return masks
 
 
 @st.composite
 def cases(draw, loss, dtype, mask_kind, shapes=SHAPES["small"]):
     """Cases of one loss (its name), one input dtype and one mask kind ("none",
-    "bool", "int32" or "float"; the mask's rank and float dtype vary)."""
+    "bool", "int32", "float", or "several": mask_lists; the masks' ranks and
+    float dtypes vary)."""
     math = oracle.LOSSES[loss]
     params = draw(st.sampled_from(math.params))
     np_t = oracle.np_dtype(dtype)
@@ -252,41 +348,10 @@ def cases(draw, loss, dtype, mask_kind, shapes=SHAPES["small"]):
     _put_specials(draw, p, specials)
 
     mask = None
-    if mask_kind != "none":
-        rank = draw(st.one_of(st.just(len(shape)), st.integers(0, len(shape))))
-        mshape = shape[:rank]
-        if mask_kind == "bool":
-            mask = rng.random(mshape) < draw(st.sampled_from((0.0, 0.5, 0.9, 1.0)))
-        elif mask_kind == "int32":
-            values = np.array([-2, 0, 0, 1, 3, -(2**31)], np.int32)
-            mask = values[rng.integers(0, values.size, mshape)]
-        else:
-            choice = draw(st.sampled_from(("same", "accumulator", *FLOAT_DTYPES)))
-            mask_dtype = {"same": dtype, "accumulator": oracle.accumulator(dtype)}.get(
-                choice, choice
-            )
-            k_dtype = oracle.kernel_mask_dtype(mask_dtype, dtype)
-            subnormal = _subnormal(mask_dtype, k_dtype)
-            if k_dtype != mask_dtype:
-                # TensorFlow's Cast flushes subnormal values to zero (a documented
-                # limit of masks of another dtype): converted masks draw tiny
-                # weights that stay normal in both dtypes.
-                subnormal = 1e3 * max(
-                    float(oracle.finfo(n).smallest_normal) for n in (mask_dtype, k_dtype)
-                )
-            w = np.asarray(
-                _bulk_weights(
-                    rng,
-                    draw(
-                        st.sampled_from(("positive", "signed", "ints", "binary", "tiny", "cancel"))
-                    ),
-                    mshape,
-                    subnormal,
-                ),
-                np.float64,
-            )
-            _put_specials(draw, w, (0.0, -0.0, -1.0, 1.0, subnormal, _huge(mask_dtype)))
-            mask = w.astype(oracle.np_dtype(mask_dtype))
+    if mask_kind == "several":
+        mask = draw(mask_lists(shape, dtype), label="masks")
+    elif mask_kind != "none":
+        mask = _draw_mask(draw, rng, mask_kind, dtype, _mask_shape(draw, shape))
 
     padding_value = None
     if draw(st.booleans()):
@@ -312,7 +377,7 @@ def cases(draw, loss, dtype, mask_kind, shapes=SHAPES["small"]):
     if draw(st.booleans()):
         # NaN/Inf in y_pred wherever the element is not kept, and in y_true
         # where its weight is 0 (at padded positions it must stay the padding).
-        w = oracle.full_weights(oracle.kernel_weights(mask, dtype), shape)
+        w = case.weights
         keep = oracle.kept(y_true.astype(np.float64), w, case.padding)
         poison_t = np.resize(np.array(POISON), shape)
         poison_p = np.roll(poison_t, 1)
@@ -417,3 +482,67 @@ def check_backward(case, fwd, loss, weight_sum, grads, want_mask):
     bound = bound + atol + rtol * (np.abs(e) + bwd.mask_scale)
     narrowest = min(names, key=lambda n: float(oracle.finfo(n).max))
     _check_may_overflow(actual, e, bound, narrowest, "grad_mask")
+
+
+def check_mask_list_gradients(case, fwd, loss, weight_sum, grads):
+    """The gradients of several masks (case.mask a list; grads: one per mask,
+    None for boolean and integer masks), as TensorFlow computes them from the
+    gradient of the combined weight W: entry k of mask i gets the sum, over
+    the elements it covers, of dW times the other masks' weights. Exactly 0
+    where nothing is kept. Not checked where the gradient of W, or its
+    product with the other weights, may overflow the accumulator (TensorFlow
+    forms them there)."""
+    coeffs = oracle.coefficients(case.upstream, float(loss), float(weight_sum), case.reduction)
+    t64 = case.y_true.astype(np.float64)
+    p64 = case.y_pred.astype(np.float64)
+    bwd = oracle.backward(case.math, fwd, t64, p64, case.shape, coeffs)
+    keep, g_w, s_w = fwd.keep, bwd.grad_mask, bwd.mask_scale  # elementwise dW and its scale
+    full = [
+        oracle.full_weights(oracle.kernel_weights(m, case.dtype), case.shape) for m in case.mask
+    ]
+    acc = oracle.accumulator(case.dtype)
+    limit = 0.5 * float(oracle.finfo(acc).max)
+    rank = max(m.ndim for m in case.mask)  # where TensorFlow forms dW
+    assert len(grads) == len(case.mask)
+    for i, (m, actual) in enumerate(zip(case.mask, grads, strict=True)):
+        if oracle.dtype_name(m.dtype) not in FLOAT_DTYPES:
+            assert actual is None, f"mask[{i}]: a gradient for a {m.dtype} mask"
+            continue
+        actual = np.asarray(actual)
+        what = f"grad of mask[{i}]"
+        assert actual.shape == m.shape, (what, actual.shape, m.shape)
+        assert oracle.dtype_name(actual.dtype) == oracle.dtype_name(m.dtype), (what, actual.dtype)
+        with np.errstate(invalid="ignore", over="ignore"):
+            others = np.ones(case.shape)
+            for j, f in enumerate(full):
+                if j != i:
+                    others = others * f
+            others = np.where(keep, others, 0.0)  # NaN/Inf weights only where not kept
+            terms_scale = s_w * np.abs(others)
+            expected = oracle.reduce_to_mask(g_w * others, m.shape)
+            scale = oracle.reduce_to_mask(terms_scale, m.shape)
+            terms = oracle.reduce_to_mask(np.where(keep, 1.0 + np.abs(others), 0.0), m.shape)
+        kept_any = oracle.reduce_to_mask(keep, m.shape) != 0
+        assert np.all(actual[~kept_any] == 0), f"{what}: not 0 where nothing is kept"
+        formed = (s_w, terms_scale)  # dW and dW times the others, at TensorFlow's rank
+        # A kept element whose combined weight is subnormal: TensorFlow's CPU
+        # ops flush it to 0 when they form W, so it drops out of the mask
+        # gradients (a documented limit of gradients of mask lists).
+        tiny_w = float(oracle.finfo(acc).smallest_normal)
+        if np.any(keep & (np.abs(fwd.w) < tiny_w)):
+            continue
+        if any(
+            np.max(oracle.reduce_to_mask(x, case.shape[:rank]), initial=0) >= limit for x in formed
+        ):
+            continue
+        mask_dtype = oracle.dtype_name(m.dtype)
+        names = (oracle.kernel_mask_dtype(mask_dtype, case.dtype), mask_dtype)
+        rtol, atol = _widest_tolerance(names, "elementwise")
+        bound = allowed_error(expected, scale, case.dtype, terms=terms)
+        bound = bound + atol + rtol * (np.abs(expected) + scale)
+        # TensorFlow's CPU ops flush subnormal results to zero: each product
+        # and partial sum may lose up to the smallest normal value.
+        tiny = float(oracle.finfo(acc).smallest_normal)
+        bound = bound + 2.0 * tiny * oracle.reduce_to_mask(keep, m.shape)
+        narrowest = min(names, key=lambda n: float(oracle.finfo(n).max))
+        _check_may_overflow(actual, expected, bound, narrowest, what)

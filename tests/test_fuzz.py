@@ -1,9 +1,10 @@
 """Property-based fuzzing of the TensorFlow ops of every loss in
 masked_ops.specs.LOSSES against the float64 NumPy oracle: forward results and
-gradients over dtypes, mask kinds and ranks, padding, NaN/Inf where nothing
-is kept, NumPy, tensor and list inputs; eager and tf.function bit for bit;
-the op and the pybind11 binding bit for bit. The binding alone (without
-TensorFlow, also under the sanitizers) is fuzzed in test_fuzz_binding.py.
+gradients over dtypes, mask kinds and ranks, lists of several masks (their
+float masks' gradients included), padding, NaN/Inf where nothing is kept,
+NumPy, tensor and list inputs; eager and tf.function bit for bit; the op and
+the pybind11 binding bit for bit. The binding alone (without TensorFlow, also
+under the sanitizers) is fuzzed in test_fuzz_binding.py.
 
 Example counts come from the Hypothesis profile (tests/conftest.py): bounded
 in `make test`, many more in `make fuzz`.
@@ -20,6 +21,7 @@ from fuzz_cases import (
     cases,
     check_backward,
     check_forward,
+    check_mask_list_gradients,
     examples,
 )
 from hypothesis import given, settings
@@ -44,6 +46,9 @@ def test_every_loss_has_an_oracle():
 
 
 def tensor(x):
+    """A tensor, a list of them for a list of masks, or None."""
+    if isinstance(x, list):
+        return [tf.constant(m) for m in x]
     return None if x is None else tf.constant(x)
 
 
@@ -59,14 +64,19 @@ def fused(case, y_true, y_pred, mask):
 
 def with_gradients(case, y_true, y_pred, mask):
     """The op's (loss, sum, weight_sum, count) and the gradients of the
-    upstream-weighted outputs w.r.t. y_true, y_pred and a float mask."""
-    sources = [y_true, y_pred] + ([mask] if mask is not None and mask.dtype.is_floating else [])
+    upstream-weighted outputs w.r.t. y_true, y_pred and each mask: (g_true,
+    g_pred, g_mask), with a list of masks (g_true, g_pred, g_mask_0, ...);
+    None for a mask that is not floating."""
+    masks = mask if isinstance(mask, list) else [mask]
+    floats = [m for m in masks if m is not None and m.dtype.is_floating]
     with tf.GradientTape() as tape:
-        tape.watch(sources)
+        tape.watch([y_true, y_pred, *floats])
         out = fused(case, y_true, y_pred, mask)
         target = sum(g * x for g, x in zip(case.upstream, out[:3], strict=True))
-    grads = tape.gradient(target, sources)
-    return tuple(out), tuple(grads) + (None,) * (3 - len(grads))
+    grads = iter(tape.gradient(target, [y_true, y_pred, *floats]))
+    g_true, g_pred = next(grads), next(grads)
+    g_masks = [next(grads) if m is not None and m.dtype.is_floating else None for m in masks]
+    return tuple(out), (g_true, g_pred, *g_masks)
 
 
 def check_op_against_oracle(case, form):
@@ -86,7 +96,12 @@ def check_op_against_oracle(case, form):
     if case.mask_is_float:
         assert grads[2].dtype == mask.dtype and grads[2].shape == mask.shape
     grads = tuple(numpy(g) for g in grads)
-    check_backward(case, fwd, numpy(out[0]), numpy(out[2]), grads, case.mask_is_float)
+    loss, weight_sum = numpy(out[0]), numpy(out[2])
+    if case.several:
+        check_backward(case, fwd, loss, weight_sum, (*grads[:2], None), False)
+        check_mask_list_gradients(case, fwd, loss, weight_sum, grads[2:])
+    else:
+        check_backward(case, fwd, loss, weight_sum, grads, case.mask_is_float)
 
 
 def forms(dtype):
@@ -143,12 +158,22 @@ def test_eager_and_function_agree_bitwise(loss, mask_kind, data, boundary):
 def test_binding_and_op_agree_bitwise(loss, mask_kind, data, boundary):
     """Same kernels, same fixed chunking: loss, sums, count and gradients of the
     binding and of the op have the same bits. Float masks go to both in the
-    kernel's mask dtype, so the op's mask gradient is not cast back."""
+    kernel's mask dtype, so the op's mask gradient is not cast back. Several
+    masks have no mask gradient in the binding: the op's gradients of y_true
+    and y_pred, which it computes from the combined weight when a float mask
+    is watched, are compared."""
     shapes = SHAPES["boundary" if boundary else "small"]
     case = data.draw(cases(loss, data.draw(dtypes), mask_kind, shapes), label="case")
     kernel_mask = case.kernel_mask
     op_mask = case.mask if mask_kind == "int32" else kernel_mask
+    if case.several:
+        # Integer masks as they are, float ones in the kernel's dtype.
+        op_mask = [
+            m if m.dtype.kind in "iu" else k for m, k in zip(case.mask, kernel_mask, strict=True)
+        ]
     out, grads = with_gradients(case, tensor(case.y_true), tensor(case.y_pred), tensor(op_mask))
+    if case.several:
+        grads = (*grads[:2], None)
     which = {"loss_name": case.loss, "params": list(case.params)}
     b_out = kernels.forward(
         case.y_true, case.y_pred, kernel_mask, case.padding_value, case.reduction, **which

@@ -1,7 +1,8 @@
 """Property-based fuzzing of the pybind11 binding against the float64 NumPy
-oracle, for every loss the module was compiled with, without TensorFlow: this
-file imports only NumPy, Hypothesis, the oracle and the compiled module, so
-`make sanitize` runs it on an AddressSanitizer/UBSan build of the kernels.
+oracle, for every loss the module was compiled with and every mask kind
+(lists of several masks included), without TensorFlow: this file imports
+only NumPy, Hypothesis, the oracle and the compiled module, so `make
+sanitize` runs it on an AddressSanitizer/UBSan build of the kernels.
 The TensorFlow ops are fuzzed in test_fuzz.py (including binding == op bit
 for bit).
 
@@ -95,6 +96,14 @@ def check_against_oracle(case):
     out, grads = run(case)
     fwd = check_forward(case, *out)
     check_backward(case, fwd, out[0], out[2], grads, case.mask_is_float)
+    if case.several:
+        # The kernels compute no mask gradient for several masks.
+        with pytest.raises(ValueError, match="several masks"):
+            kernels.backward(
+                *case.upstream, case.y_true, case.y_pred, case.kernel_mask, case.padding_value,
+                float(out[0]), float(out[2]), case.reduction, want_mask=True,
+                loss_name=case.loss, params=list(case.params),
+            )  # fmt: skip
 
 
 @per_loss_and_mask_kind

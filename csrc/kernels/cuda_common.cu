@@ -109,6 +109,43 @@ size_t forward_workspace_bytes(int64_t n) {
   return size_t(detail::max_tiles(n)) * sizeof(detail::Partial);
 }
 
+size_t forward_backward_workspace_bytes(int64_t n) { return detail::unit_upstream_offset(n) + 16; }
+
+namespace {
+
+template <typename T>
+__global__ void __launch_bounds__(detail::kThreads)
+    scale_gradient_kernel(const acc_t<T>* scale, const T* in, T* out, int64_t n) {
+  const acc_t<T> s = __ldg(scale);
+  // Exactly 1 on a forwarded buffer: the gradient is already in place.
+  if (s == acc_t<T>(1) && in == out) return;
+  for (int64_t i = detail::global_thread(); i < n; i += detail::grid_threads()) {
+    out[i] = detail::store_as<T>(s * detail::load_acc(in[i]));
+  }
+}
+
+}  // namespace
+
+template <class T>
+Status scale_gradient(const acc_t<T>* scale, const T* in, T* out, int64_t n, cudaStream_t stream) {
+  if (n < 0) return Status::kBadShape;
+  if (!is_aligned(in) || !is_aligned(out) || !is_aligned(scale)) return Status::kMisaligned;
+  if (n == 0) return Status::kOk;
+  const auto kernel = scale_gradient_kernel<T>;
+  const int64_t blocks = std::min(detail::resident_blocks(reinterpret_cast<const void*>(kernel)),
+                                  detail::ceil_div(n, detail::kThreads));
+  detail::clear_launch_error();
+  kernel<<<unsigned(blocks), detail::kThreads, 0, stream>>>(scale, in, out, n);
+  return detail::launch_status();
+}
+
+template Status scale_gradient<half_t>(const float*, const half_t*, half_t*, int64_t, cudaStream_t);
+template Status scale_gradient<bfloat16_t>(const float*, const bfloat16_t*, bfloat16_t*, int64_t,
+                                           cudaStream_t);
+template Status scale_gradient<float>(const float*, const float*, float*, int64_t, cudaStream_t);
+template Status scale_gradient<double>(const double*, const double*, double*, int64_t,
+                                       cudaStream_t);
+
 size_t backward_workspace_bytes(int64_t n, int64_t mask_n, bool want_mask) {
   // An elementwise mask's gradient is written directly (see backward()).
   if (!want_mask || (n > 0 && mask_n == n)) return 0;

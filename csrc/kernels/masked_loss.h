@@ -31,6 +31,7 @@ enum class Status : int {
   kMisaligned = 4,         // a buffer is not aligned to its element size
   kExtraMaskGradient = 5,  // a mask gradient was asked for with extra masks
   kLabelGradient = 6,      // a gradient of boolean or integer labels was asked for
+  kUnsupported = 7,        // the one-pass forward+backward's preconditions do not hold
 };
 
 inline const char* status_message(Status s) {
@@ -49,6 +50,8 @@ inline const char* status_message(Status s) {
       return "mask gradients are not computed by the kernels when extra masks are given";
     case Status::kLabelGradient:
       return "boolean or integer y_true (labels) has no gradient";
+    case Status::kUnsupported:
+      return "the one-pass forward+backward takes one boolean mask and no padding value";
   }
   return "unknown status";
 }
@@ -176,7 +179,9 @@ struct MaskedInputs {
               !(y_true != nullptr && labels.data != nullptr) &&
               (n == 0 || y_true != nullptr || labels.data != nullptr);
     for (int k = 0; ok && k < extra.size; ++k) {
-      ok = covers(n, extra.mask[k].mask_n) && extra.mask[k].data != nullptr;
+      // Empty tensors may have no buffer.
+      ok = covers(n, extra.mask[k].mask_n) &&
+           (extra.mask[k].data != nullptr || extra.mask[k].mask_n == 0);
     }
     return ok;
   }

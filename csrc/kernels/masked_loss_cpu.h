@@ -298,8 +298,8 @@ Partial forward_range_combined(const Loss& loss, const MaskedInputs<T, M>& in, i
       // A block nothing keeps: its inputs need not be read.
       if (!any) continue;
       T labels[kBlock];
-      accumulate<Loss, T, W, true>(loss, acc, targets(in, b, len, labels), in.y_pred + b, combined,
-                                   Acc(1), pad, len);
+      const T* yt = targets(in, b, len, labels);
+      accumulate<Loss, T, W, true>(loss, acc, yt, in.y_pred + b, combined, Acc(1), pad, len);
       acc.flush(total);
     }
   };
@@ -323,8 +323,8 @@ Partial forward_range(const Loss& loss, const MaskedInputs<T, M>& in, int64_t be
   if (in.mask != nullptr && inner == 1) {
     for (int64_t b = begin; b < end; b += kBlock) {
       const int64_t len = std::min(kBlock, end - b);
-      accumulate<Loss, T, M, true>(loss, acc, targets(in, b, len, labels), in.y_pred + b,
-                                   in.mask + b, Acc(1), pad, len);
+      const T* yt = targets(in, b, len, labels);
+      accumulate<Loss, T, M, true>(loss, acc, yt, in.y_pred + b, in.mask + b, Acc(1), pad, len);
       acc.flush(total);
     }
     return total;
@@ -336,8 +336,8 @@ Partial forward_range(const Loss& loss, const MaskedInputs<T, M>& in, int64_t be
     for (int64_t b = begin; b < end; b += kBlock) {
       const int64_t len = std::min(kBlock, end - b);
       expand_rows(in.mask, inner, b, len, expanded);
-      accumulate<Loss, T, M, true>(loss, acc, targets(in, b, len, labels), in.y_pred + b, expanded,
-                                   Acc(1), pad, len);
+      const T* yt = targets(in, b, len, labels);
+      accumulate<Loss, T, M, true>(loss, acc, yt, in.y_pred + b, expanded, Acc(1), pad, len);
       acc.flush(total);
     }
     return total;
@@ -349,8 +349,8 @@ Partial forward_range(const Loss& loss, const MaskedInputs<T, M>& in, int64_t be
     const Acc w = in.mask != nullptr ? MaskWeight<Acc, M>::of(in.mask[row]) : Acc(1);
     while (w != Acc(0) && pos < seg_end) {
       const int64_t len = std::min(seg_end - pos, kBlock - acc.pending);
-      accumulate<Loss, T, M, false>(loss, acc, targets(in, pos, len, labels), in.y_pred + pos,
-                                    nullptr, w, pad, len);
+      const T* yt = targets(in, pos, len, labels);
+      accumulate<Loss, T, M, false>(loss, acc, yt, in.y_pred + pos, nullptr, w, pad, len);
       if (acc.pending == kBlock) acc.flush(total);
       pos += len;
     }
@@ -405,6 +405,73 @@ acc_t<T> backward_span(const Loss& loss, const T* yt, const T* yp, const M* mask
   return total;
 }
 
+// Gradients of y_true/y_pred (no mask gradient) of the elements [begin, end)
+// (whole chunks of a task): writes only, so any split of the range gives the
+// same bits.
+template <class Loss, class T, class M, bool kTrue, bool kPred>
+void backward_range(const Loss& loss, const MaskedInputs<T, M>& in, GradCoefficients<acc_t<T>> k,
+                    int64_t begin, int64_t end, T* grad_true, T* grad_pred) {
+  using Acc = acc_t<T>;
+  const Acc pad = Acc(in.padding_value);
+  const int64_t inner = in.inner();
+  if (in.extra.size > 0) {
+    // Several masks: each block's combined weights, then the elementwise path.
+    auto run = [&](auto weight_type) {
+      using W = typename decltype(weight_type)::type;
+      W combined[kBlock];
+      T labels[kBlock];
+      for (int64_t b = begin; b < end; b += kBlock) {
+        const int64_t len = std::min(kBlock, end - b);
+        if constexpr (std::is_same<W, bool>::value) {
+          combined_flags(in, b, len, combined);
+        } else {
+          combined_weights(in, b, len, combined);
+        }
+        backward_span<Loss, T, W, true, kTrue, kPred, false>(
+            loss, targets(in, b, len, labels), in.y_pred + b, combined, Acc(1), pad, k, len,
+            offset(grad_true, b), offset(grad_pred, b), nullptr);
+      }
+    };
+    if (std::is_same<M, bool>::value && in.extra.all_bool()) {
+      run(TypeTag<bool>{});
+    } else {
+      run(TypeTag<Acc>{});
+    }
+    return;
+  }
+  if (in.mask != nullptr && inner == 1) {
+    for_target_blocks(in, begin, end, [&](int64_t pos, int64_t len, const T* yt) {
+      backward_span<Loss, T, M, true, kTrue, kPred, false>(
+          loss, yt, in.y_pred + pos, in.mask + pos, Acc(1), pad, k, len, offset(grad_true, pos),
+          offset(grad_pred, pos), nullptr);
+    });
+    return;
+  }
+  if (in.mask != nullptr && inner < kBlock) {
+    // Short rows: expand each block's mask entries, as in the forward.
+    M expanded[kBlock];
+    T labels[kBlock];
+    for (int64_t b = begin; b < end; b += kBlock) {
+      const int64_t len = std::min(kBlock, end - b);
+      expand_rows(in.mask, inner, b, len, expanded);
+      backward_span<Loss, T, M, true, kTrue, kPred, false>(
+          loss, targets(in, b, len, labels), in.y_pred + b, expanded, Acc(1), pad, k, len,
+          offset(grad_true, b), offset(grad_pred, b), nullptr);
+    }
+    return;
+  }
+  for (int64_t pos = begin, row = pos / inner; pos < end; ++row) {
+    const int64_t seg_end = std::min(end, (row + 1) * inner);
+    const Acc w = in.mask != nullptr ? MaskWeight<Acc, M>::of(in.mask[row]) : Acc(1);
+    for_target_blocks(in, pos, seg_end, [&](int64_t at, int64_t len, const T* yt) {
+      backward_span<Loss, T, M, false, kTrue, kPred, false>(loss, yt, in.y_pred + at, nullptr, w,
+                                                            pad, k, len, offset(grad_true, at),
+                                                            offset(grad_pred, at), nullptr);
+    });
+    pos = seg_end;
+  }
+}
+
 template <class Loss, class T, class M, bool kTrue, bool kPred, bool kMask>
 void backward_tasks(const Loss& loss, const MaskedInputs<T, M>& in, GradCoefficients<acc_t<T>> k,
                     T* grad_true, T* grad_pred, M* grad_mask, const ParallelFor& parallel_for) {
@@ -412,43 +479,14 @@ void backward_tasks(const Loss& loss, const MaskedInputs<T, M>& in, GradCoeffici
   const Acc pad = Acc(in.padding_value);
   const int64_t n = in.n;
   const int64_t inner = in.inner();
-  const bool elementwise = in.mask != nullptr && inner == 1;
-  auto weight = [&](int64_t row) {
-    return in.mask != nullptr ? MaskWeight<Acc, M>::of(in.mask[row]) : Acc(1);
-  };
-
   if constexpr (!kMask) {
-    if (in.extra.size > 0) {
-      // Several masks: each block's combined weights, then the elementwise path.
-      auto run = [&](auto weight_type) {
-        using W = typename decltype(weight_type)::type;
-        parallel_for(num_chunks(n), kChunk, [&](int64_t first, int64_t last) {
-          W combined[kBlock];
-          const int64_t end = std::min(n, last * kChunk);
-          for (int64_t b = first * kChunk; b < end; b += kBlock) {
-            const int64_t len = std::min(kBlock, end - b);
-            if constexpr (std::is_same<W, bool>::value) {
-              combined_flags(in, b, len, combined);
-            } else {
-              combined_weights(in, b, len, combined);
-            }
-            T labels[kBlock];
-            backward_span<Loss, T, W, true, kTrue, kPred, false>(
-                loss, targets(in, b, len, labels), in.y_pred + b, combined, Acc(1), pad, k, len,
-                offset(grad_true, b), offset(grad_pred, b), nullptr);
-          }
-        });
-      };
-      if (std::is_same<M, bool>::value && in.extra.all_bool()) {
-        run(TypeTag<bool>{});
-      } else {
-        run(TypeTag<Acc>{});
+    parallel_for(num_chunks(n), kChunk, [&](int64_t first, int64_t last) {
+      for (int64_t c = first; c < last; ++c) {
+        backward_range<Loss, T, M, kTrue, kPred>(
+            loss, in, k, c * kChunk, std::min(n, (c + 1) * kChunk), grad_true, grad_pred);
       }
-      return;
-    }
-  }
-
-  if (elementwise) {
+    });
+  } else if (in.mask != nullptr && inner == 1) {
     parallel_for(num_chunks(n), kChunk, [&](int64_t first, int64_t last) {
       for (int64_t c = first; c < last; ++c) {
         const int64_t b = c * kChunk;
@@ -460,10 +498,11 @@ void backward_tasks(const Loss& loss, const MaskedInputs<T, M>& in, GradCoeffici
             });
       }
     });
-    return;
-  }
-  if constexpr (kMask) {
+  } else {
     // The row sums of the mask gradient need whole rows per task.
+    auto weight = [&](int64_t row) {
+      return in.mask != nullptr ? MaskWeight<Acc, M>::of(in.mask[row]) : Acc(1);
+    };
     const int64_t rows_per_task = std::max<int64_t>(1, kChunk / std::max<int64_t>(inner, 1));
     const int64_t tasks = (in.mask_n + rows_per_task - 1) / rows_per_task;
     parallel_for(tasks, rows_per_task * inner, [&](int64_t first, int64_t last) {
@@ -482,37 +521,7 @@ void backward_tasks(const Loss& loss, const MaskedInputs<T, M>& in, GradCoeffici
         grad_mask[row] = from_acc<M>(acc_t<T>(g));
       }
     });
-    return;
   }
-  if (in.mask != nullptr && inner < kBlock) {
-    // Short rows: expand each block's mask entries, as in the forward.
-    parallel_for(num_chunks(n), kChunk, [&](int64_t first, int64_t last) {
-      M expanded[kBlock];
-      const int64_t end = std::min(n, last * kChunk);
-      for (int64_t b = first * kChunk; b < end; b += kBlock) {
-        const int64_t len = std::min(kBlock, end - b);
-        expand_rows(in.mask, inner, b, len, expanded);
-        T labels[kBlock];
-        backward_span<Loss, T, M, true, kTrue, kPred, false>(
-            loss, targets(in, b, len, labels), in.y_pred + b, expanded, Acc(1), pad, k, len,
-            offset(grad_true, b), offset(grad_pred, b), nullptr);
-      }
-    });
-    return;
-  }
-  parallel_for(num_chunks(n), kChunk, [&](int64_t first, int64_t last) {
-    const int64_t end = std::min(n, last * kChunk);
-    for (int64_t pos = first * kChunk, row = pos / inner; pos < end; ++row) {
-      const int64_t seg_end = std::min(end, (row + 1) * inner);
-      const Acc w = weight(row);
-      for_target_blocks(in, pos, seg_end, [&](int64_t at, int64_t len, const T* yt) {
-        backward_span<Loss, T, M, false, kTrue, kPred, false>(loss, yt, in.y_pred + at, nullptr, w,
-                                                              pad, k, len, offset(grad_true, at),
-                                                              offset(grad_pred, at), nullptr);
-      });
-      pos = seg_end;
-    }
-  });
 }
 
 }  // namespace detail
@@ -588,6 +597,134 @@ Status backward(const Loss& loss, const MaskedInputs<T, M>& in, Reduction reduct
   } else {
     with_mask(std::false_type{}, std::false_type{});
   }
+  return Status::kOk;
+}
+
+// ---- one pass: loss and gradient together ------------------------------------
+//
+// When a gradient will be taken, the forward can write it while it reduces
+// the loss: each chunk is reduced (exactly as forward() does, so the loss has
+// the same bits) and its gradients written right after, from the chunk's
+// inputs still in cache (a chunk's inputs fit in L2). That needs the normalization before the pass:
+// with one boolean mask and no padding value, weight_sum is the kept count, which a pre-pass over
+// the mask alone gives. The gradients are those of the loss output for an upstream gradient of
+// exactly 1 (grad_sum = grad_weight_sum = 0); scale_gradient applies another upstream gradient.
+
+inline size_t forward_backward_workspace_bytes(int64_t n, int64_t mask_n) {
+  return forward_workspace_bytes(n) + size_t(num_chunks(mask_n)) * sizeof(int64_t);
+}
+
+namespace detail {
+
+// Kept elements of a boolean mask (no padding): non-zero entries times the
+// elements each covers. Integer partials per chunk of entries: any order.
+template <class T, class M>
+int64_t kept_count(const MaskedInputs<T, M>& in, int64_t* partials,
+                   const ParallelFor& parallel_for) {
+  if (in.mask == nullptr) return in.n;
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(in.mask);
+  const int64_t chunks = num_chunks(in.mask_n);
+  parallel_for(chunks, kChunk, [&](int64_t first, int64_t last) {
+    for (int64_t c = first; c < last; ++c) {
+      // Byte lanes, widened every 255 steps (before they could overflow): one
+      // vector add per 16 mask bytes.
+      constexpr int64_t kWidth = 16, kSteps = 255;
+      int64_t kept = 0;
+      const int64_t end = std::min(in.mask_n, (c + 1) * kChunk);
+      int64_t i = c * kChunk;
+      for (; i + kWidth * kSteps <= end; i += kWidth * kSteps) {
+        uint8_t lanes[kWidth] = {};
+        for (int64_t step = 0; step < kSteps; ++step) {
+          MO_SIMD_LANES
+          for (int l = 0; l < kWidth; ++l) lanes[l] += uint8_t(bytes[i + step * kWidth + l] != 0);
+        }
+        for (int l = 0; l < kWidth; ++l) kept += lanes[l];
+      }
+      for (; i < end; ++i) kept += bytes[i] != 0;
+      partials[c] = kept;
+    }
+  });
+  int64_t kept = 0;
+  for (int64_t c = 0; c < chunks; ++c) kept += partials[c];
+  return kept * in.inner();
+}
+
+}  // namespace detail
+
+// Forward (outputs as forward()) and the gradients of `loss` for an upstream
+// gradient of 1 (any of grad_true, grad_pred null: not wanted) in one pass
+// over the inputs. M must be bool, with no padding value and no extra masks
+// (else kUnsupported: use forward and backward).
+template <class Loss, class T, class M>
+Status forward_backward(const Loss& loss_fn, const MaskedInputs<T, M>& in, Reduction reduction,
+                        void* workspace, size_t workspace_bytes, acc_t<T>* loss, acc_t<T>* sum,
+                        acc_t<T>* weight_sum, int64_t* count, T* grad_true, T* grad_pred,
+                        const ParallelFor& parallel_for = run_serially) {
+  using Acc = acc_t<T>;
+  if (!in.valid_shape()) return Status::kBadShape;
+  if (!std::is_same<M, bool>::value || in.extra.size > 0 || in.padding_value == in.padding_value) {
+    return Status::kUnsupported;
+  }
+  if (!in.aligned() || !is_aligned(grad_true) || !is_aligned(grad_pred)) {
+    return Status::kMisaligned;
+  }
+  if (grad_true != nullptr && in.labels.data != nullptr) return Status::kLabelGradient;
+  if (workspace_bytes < forward_backward_workspace_bytes(in.n, in.mask_n)) {
+    return Status::kWorkspaceTooSmall;
+  }
+  const int64_t chunks = num_chunks(in.n);
+  Partial* partials = static_cast<Partial*>(workspace);
+  int64_t* counts = reinterpret_cast<int64_t*>(partials + chunks);
+  IeeeSubnormals ieee;
+  const ParallelFor guarded = with_ieee_subnormals(parallel_for);
+  const int64_t kept = detail::kept_count(in, counts, guarded);
+  // As backward() computes them for upstream (1, 0, 0): the forward's
+  // weight_sum output is the count rounded to Acc.
+  const auto k = grad_coefficients(Acc(1), Acc(0), Acc(0), Acc(0), Acc(double(kept)), reduction);
+  auto run = [&](auto kTrue, auto kPred) {
+    guarded(chunks, kChunk, [&](int64_t first, int64_t last) {
+      for (int64_t c = first; c < last; ++c) {
+        const int64_t begin = c * kChunk, end = std::min(in.n, (c + 1) * kChunk);
+        // The chunk's inputs are still in cache for its gradients.
+        partials[c] = detail::forward_range(loss_fn, in, begin, end);
+        if (kTrue || kPred) {
+          detail::backward_range<Loss, T, M, kTrue, kPred>(loss_fn, in, k, begin, end, grad_true,
+                                                           grad_pred);
+        }
+      }
+    });
+  };
+  if (grad_true != nullptr && grad_pred != nullptr) {
+    run(std::true_type{}, std::true_type{});
+  } else if (grad_true != nullptr) {
+    run(std::true_type{}, std::false_type{});
+  } else if (grad_pred != nullptr) {
+    run(std::false_type{}, std::true_type{});
+  } else {
+    run(std::false_type{}, std::false_type{});
+  }
+  Partial total;
+  for (int64_t c = 0; c < chunks; ++c) total.add(partials[c]);
+  *loss = Acc(finalize_loss(total.sum, total.weight_sum, reduction));
+  *sum = Acc(total.sum);
+  *weight_sum = Acc(total.weight_sum);
+  *count = total.count;
+  return Status::kOk;
+}
+
+// out[i] = scale * in[i] (in T, through the accumulator type): the gradient
+// of forward_backward for another upstream gradient. in may equal out.
+template <class T>
+Status scale_gradient(acc_t<T> scale, const T* in, T* out, int64_t n,
+                      const ParallelFor& parallel_for = run_serially) {
+  if (n < 0) return Status::kBadShape;
+  if (!is_aligned(in) || !is_aligned(out)) return Status::kMisaligned;
+  IeeeSubnormals ieee;
+  with_ieee_subnormals(parallel_for)(num_chunks(n), kChunk, [&](int64_t first, int64_t last) {
+    const int64_t end = std::min(n, last * kChunk);
+    MO_SIMD_LANES
+    for (int64_t i = first * kChunk; i < end; ++i) out[i] = from_acc<T>(scale * to_acc(in[i]));
+  });
   return Status::kOk;
 }
 

@@ -985,6 +985,53 @@ Status backward(const Loss& loss, const MaskedInputs<T, M>& in, Reduction reduct
   return launch_status();
 }
 
+namespace detail {
+
+template <typename Acc>
+__global__ void unit_upstream_kernel(Acc* out) {
+  out[0] = Acc(1);
+  out[1] = Acc(0);
+  out[2] = Acc(0);
+}
+
+// Where forward_backward keeps its upstream constants: after the forward's
+// partials, 16-byte aligned.
+inline size_t unit_upstream_offset(int64_t n) {
+  return (forward_workspace_bytes(n) + 15) / 16 * 16;
+}
+
+}  // namespace detail
+
+template <class Loss, class T, class M>
+Status forward_backward(const Loss& loss_fn, const MaskedInputs<T, M>& in, Reduction reduction,
+                        void* workspace, size_t workspace_bytes, acc_t<T>* loss, acc_t<T>* sum,
+                        acc_t<T>* weight_sum, int64_t* count, T* grad_true, T* grad_pred,
+                        cudaStream_t stream) {
+  using Acc = acc_t<T>;
+  if (!std::is_same<M, bool>::value || in.extra.size > 0 || in.padding_value == in.padding_value) {
+    return Status::kUnsupported;
+  }
+  if (workspace_bytes < forward_backward_workspace_bytes(in.n)) return Status::kWorkspaceTooSmall;
+  if (grad_true != nullptr && in.labels.data != nullptr) return Status::kLabelGradient;
+  const Status s = forward(loss_fn, in, reduction, workspace, workspace_bytes, loss, sum,
+                           weight_sum, count, stream);
+  if (s != Status::kOk) return s;
+  Acc* upstream =
+      reinterpret_cast<Acc*>(static_cast<char*>(workspace) + detail::unit_upstream_offset(in.n));
+  detail::clear_launch_error();
+  detail::unit_upstream_kernel<Acc><<<1, 1, 0, stream>>>(upstream);
+  const Status launched = detail::launch_status();
+  if (launched != Status::kOk) return launched;
+  BackwardScalars<Acc> scalars;
+  scalars.grad_loss = upstream;
+  scalars.grad_sum = upstream + 1;
+  scalars.grad_weight_sum = upstream + 2;
+  scalars.loss = loss;
+  scalars.weight_sum = weight_sum;
+  return backward(loss_fn, in, reduction, scalars, grad_true, grad_pred, static_cast<M*>(nullptr),
+                  nullptr, 0, stream);
+}
+
 }  // namespace cuda
 }  // namespace masked_ops
 
@@ -1000,9 +1047,16 @@ Status backward(const Loss& loss, const MaskedInputs<T, M>& in, Reduction reduct
                                        const BackwardScalars<acc_t<T>>&, T*, T*, M*, void*,     \
                                        size_t, cudaStream_t)
 
+// The one-pass launcher exists for boolean masks only.
+#define MASKED_OPS_INSTANTIATE_CUDA_FORWARD_BACKWARD(LOSS, T)                                     \
+  template Status forward_backward<LOSS, T, bool>(const LOSS&, const MaskedInputs<T, bool>&,      \
+                                                  Reduction, void*, size_t, acc_t<T>*, acc_t<T>*, \
+                                                  acc_t<T>*, int64_t*, T*, T*, cudaStream_t)
+
 // M in {bool, T}: float32 and float64 inputs, whose accumulator is T itself.
-#define MASKED_OPS_INSTANTIATE_CUDA_LOSS_T(LOSS, T)   \
-  MASKED_OPS_INSTANTIATE_CUDA_LOSS_TM(LOSS, T, bool); \
+#define MASKED_OPS_INSTANTIATE_CUDA_LOSS_T(LOSS, T)      \
+  MASKED_OPS_INSTANTIATE_CUDA_LOSS_TM(LOSS, T, bool);    \
+  MASKED_OPS_INSTANTIATE_CUDA_FORWARD_BACKWARD(LOSS, T); \
   MASKED_OPS_INSTANTIATE_CUDA_LOSS_TM(LOSS, T, T)
 
 // M in {bool, T, float}: 16-bit inputs.

@@ -44,6 +44,25 @@ Status backward(const Loss& loss, const MaskedInputs<T, M>& in, Reduction reduct
                 const BackwardScalars<acc_t<T>>& scalars, T* grad_true, T* grad_pred, M* grad_mask,
                 void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
+// Loss and gradients together (see cpu::forward_backward): M bool, no padding
+// value, no extra masks (else kUnsupported). The outputs are those of forward
+// and of backward for an upstream gradient of exactly 1 (grad_true/grad_pred
+// may be null). On the GPU it launches the forward's and the backward's
+// kernels back to back (the upstream constants are written into the
+// workspace), so it saves the scaling pass of the backward, not a read.
+size_t forward_backward_workspace_bytes(int64_t n);
+
+template <class Loss, class T, class M>
+Status forward_backward(const Loss& loss_fn, const MaskedInputs<T, M>& in, Reduction reduction,
+                        void* workspace, size_t workspace_bytes, acc_t<T>* loss, acc_t<T>* sum,
+                        acc_t<T>* weight_sum, int64_t* count, T* grad_true, T* grad_pred,
+                        cudaStream_t stream);
+
+// out[i] = *scale * in[i], scale read on the device; when *scale is exactly 1
+// and out == in (the buffer was forwarded) nothing is read or written.
+template <class T>
+Status scale_gradient(const acc_t<T>* scale, const T* in, T* out, int64_t n, cudaStream_t stream);
+
 // Description of the CUDA error behind this thread's last kLaunchFailed.
 const char* last_error_message();
 

@@ -97,8 +97,8 @@ std::optional<std::vector<py::object>> mask_list(const py::object& mask) {
   bool any_array = false;
   for (const py::handle item : mask) {
     items.push_back(py::reinterpret_borrow<py::object>(item));
-    any_array = any_array || py::isinstance<py::array>(item) ||
-                py::hasattr(item, "__array_interface__") || is_cuda_array(item);
+    // As masked_ops._inputs.is_mask_list: NumPy scalars are numbers, not arrays.
+    any_array = any_array || py::isinstance<py::array>(item) || is_cuda_array(item);
   }
   if (!any_array) return std::nullopt;
   if (items.size() > size_t(1 + ExtraMasks::kMax)) {

@@ -74,6 +74,18 @@ absl::Status GradShape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
+absl::Status WithGradShape(InferenceContext* c) {
+  ShapeHandle inputs;
+  TF_RETURN_IF_ERROR(MergeInputShapes(c, 0, 1, 2, 3, &inputs));
+  for (int i = 0; i < 4; ++i) c->set_output(i, c->Scalar());
+  bool want_true = false, want_pred = false;
+  TF_RETURN_IF_ERROR(c->GetAttr("want_y_true", &want_true));
+  TF_RETURN_IF_ERROR(c->GetAttr("want_y_pred", &want_pred));
+  c->set_output(4, want_true ? inputs : c->Vector(0));
+  c->set_output(5, want_pred ? inputs : c->Vector(0));
+  return absl::OkStatus();
+}
+
 absl::Status ValidateInputs(const tf::Tensor& y_true, const tf::Tensor& y_pred,
                             const tf::Tensor& mask, const tf::Tensor& padding_value) {
   if (y_true.shape() != y_pred.shape()) {

@@ -43,6 +43,7 @@ static_assert(sizeof(Eigen::bfloat16) == sizeof(bfloat16_t), "bfloat16 layout");
 
 absl::Status ForwardShape(tf::shape_inference::InferenceContext* c);
 absl::Status GradShape(tf::shape_inference::InferenceContext* c);
+absl::Status WithGradShape(tf::shape_inference::InferenceContext* c);
 
 // Checks shapes of y_true, y_pred, mask and padding_value; the message names
 // the shapes involved.
@@ -154,6 +155,8 @@ P* DataOrNull(tf::Tensor* t, bool wanted) {
 // masked_loss_op_gpu.h.
 template <typename Device, class Loss, typename T, typename M>
 struct Launch;
+template <typename Device, typename T>
+struct ScaleLaunch;
 
 template <typename Device, class Loss, typename T, typename M>
 class MaskedLossOp : public tf::OpKernel {
@@ -280,6 +283,94 @@ class MaskedLossGradOp : public tf::OpKernel {
   bool has_padding_value_ = false;
 };
 
+// The forward and, in the same pass, the gradients of `loss` for an upstream
+// gradient of 1 (see cpu::forward_backward): boolean masks only, no padding
+// value, no extra masks; Python emits it when a gradient will be taken.
+template <typename Device, class Loss, typename T>
+class MaskedLossWithGradOp : public tf::OpKernel {
+ public:
+  using Acc = acc_t<kernel_t<T>>;
+
+  explicit MaskedLossWithGradOp(tf::OpKernelConstruction* ctx) : tf::OpKernel(ctx) {
+    std::string reduction;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("reduction", &reduction));
+    OP_REQUIRES_OK(ctx, ParseReduction(reduction, &reduction_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("want_y_true", &want_true_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("want_y_pred", &want_pred_));
+    OP_REQUIRES_OK(ctx, CheckAccumulatorDtype(ctx->output_type(0), tf::DataTypeToEnum<T>::v(),
+                                              tf::DataTypeToEnum<Acc>::v()));
+  }
+
+  void Compute(tf::OpKernelContext* ctx) override {
+    const tf::Tensor& y_true = ctx->input(0);
+    const tf::Tensor& y_pred = ctx->input(1);
+    const tf::Tensor& mask = ctx->input(2);
+    const tf::Tensor& padding_value = ctx->input(3);
+    OP_REQUIRES_OK(ctx, ValidateInputs(y_true, y_pred, mask, padding_value));
+    Loss loss;
+    OP_REQUIRES_OK(ctx, MakeLoss(ctx->input(4), &loss));
+    tf::OpInputList extras;
+    OP_REQUIRES_OK(ctx, ctx->input_list("extra_masks", &extras));
+    OP_REQUIRES(ctx, extras.size() == 0,
+                absl::InvalidArgumentError("the one-pass op takes no extra_masks"));
+    OP_REQUIRES(ctx, !(want_true_ && y_true.dtype() != y_pred.dtype()),
+                absl::InvalidArgumentError(
+                    absl::StrCat("want_y_true=True needs floating-point y_true; ",
+                                 tf::DataTypeString(y_true.dtype()), " labels have no gradient")));
+    tf::Tensor* out[4];
+    for (int i = 0; i < 4; ++i) {
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(i, tf::TensorShape({}), &out[i]));
+    }
+    const tf::TensorShape empty({0});
+    tf::Tensor *grad_true = nullptr, *grad_pred = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(4, want_true_ ? y_true.shape() : empty, &grad_true));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(5, want_pred_ ? y_pred.shape() : empty, &grad_pred));
+    MaskedInputs<kernel_t<T>, bool> in;
+    OP_REQUIRES_OK(ctx, (MakeInputs<T, bool>(y_true, y_pred, mask, extras, padding_value,
+                                             /*has_padding_value=*/false, &in)));
+    OP_REQUIRES_OK(
+        ctx, (Launch<Device, Loss, T, bool>::ForwardBackward(
+                 ctx, loss, in, reduction_, out[0]->flat<Acc>().data(), out[1]->flat<Acc>().data(),
+                 out[2]->flat<Acc>().data(), out[3]->flat<int64_t>().data(),
+                 DataOrNull<T, kernel_t<T>>(grad_true, want_true_),
+                 DataOrNull<T, kernel_t<T>>(grad_pred, want_pred_))));
+  }
+
+ private:
+  Reduction reduction_ = Reduction::kMean;
+  bool want_true_ = false;
+  bool want_pred_ = true;
+};
+
+// gradient * scale: the backward of the one-pass op for an upstream gradient
+// `scale`. The gradient's buffer is reused when TensorFlow allows it, and an
+// upstream gradient of exactly 1 then costs nothing (on the GPU the check
+// runs on the device: no synchronization).
+template <typename Device, typename T>
+class ScaleGradientOp : public tf::OpKernel {
+ public:
+  using Acc = acc_t<kernel_t<T>>;
+  explicit ScaleGradientOp(tf::OpKernelConstruction* ctx) : tf::OpKernel(ctx) {}
+
+  void Compute(tf::OpKernelContext* ctx) override {
+    const tf::Tensor& scale = ctx->input(0);
+    const tf::Tensor& gradient = ctx->input(1);
+    OP_REQUIRES(ctx, tf::TensorShapeUtils::IsScalar(scale.shape()),
+                absl::InvalidArgumentError(absl::StrCat("scale must be a scalar, got shape ",
+                                                        scale.shape().DebugString())));
+    OP_REQUIRES(ctx, scale.dtype() == tf::DataTypeToEnum<Acc>::v(),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "scale must be ", tf::DataTypeString(tf::DataTypeToEnum<Acc>::v()),
+                    " for a gradient of dtype ", tf::DataTypeString(gradient.dtype()))));
+    tf::Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({1}, 0, gradient.shape(), &out));
+    OP_REQUIRES_OK(
+        ctx, (ScaleLaunch<Device, T>::Run(
+                 ctx, InputData<Acc>(scale), InputData<kernel_t<T>>(gradient),
+                 reinterpret_cast<kernel_t<T>*>(out->flat<T>().data()), gradient.NumElements())));
+  }
+};
+
 }  // namespace tf_adapter
 }  // namespace masked_ops
 
@@ -335,7 +426,28 @@ class MaskedLossGradOp : public tf::OpKernel {
       .Attr("want_y_pred: bool = true")                               \
       .Attr("want_mask: bool = false")                                \
       .Attr("has_padding_value: bool = false")                        \
-      .SetShapeFn(::masked_ops::tf_adapter::GradShape)
+      .SetShapeFn(::masked_ops::tf_adapter::GradShape);               \
+  REGISTER_OP(NAME "WithGrad")                                        \
+      .Input("y_true: L")                                             \
+      .Input("y_pred: T")                                             \
+      .Input("mask: bool")                                            \
+      .Input("padding_value: double")                                 \
+      .Input("params: double")                                        \
+      .Input("extra_masks: E")                                        \
+      .Output("loss: Tout")                                           \
+      .Output("sum: Tout")                                            \
+      .Output("weight_sum: Tout")                                     \
+      .Output("count: int64")                                         \
+      .Output("grad_y_true: T")                                       \
+      .Output("grad_y_pred: T")                                       \
+      .Attr("T: {half, bfloat16, float, double}")                     \
+      .Attr("L: {half, bfloat16, float, double, bool, int32, int64}") \
+      .Attr("E: list({bool, half, bfloat16, float, double}) >= 0")    \
+      .Attr("Tout: {float, double}")                                  \
+      .Attr("reduction: {'mean', 'sum'} = 'mean'")                    \
+      .Attr("want_y_true: bool = false")                              \
+      .Attr("want_y_pred: bool = true")                               \
+      .SetShapeFn(::masked_ops::tf_adapter::WithGradShape)
 
 // Kernels for one device, loss, input dtype T and mask dtype M. The kernels
 // take masks of dtype bool, T, or T's accumulator dtype (float32 weights with
@@ -359,9 +471,18 @@ class MaskedLossGradOp : public tf::OpKernel {
 
 #define MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, T)           \
   MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, T, bool); \
+  MASKED_OPS_REGISTER_LOSS_WITH_GRAD_KERNEL(NAME, LOSS, DEVICE, DEV_TAG, T);       \
   MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, T, T)
 
 // One loss on one device for every supported input dtype: the dtype list lives here only.
+#define MASKED_OPS_REGISTER_LOSS_WITH_GRAD_KERNEL(NAME, LOSS, DEVICE, DEV_TAG, T) \
+  REGISTER_KERNEL_BUILDER(Name(NAME "WithGrad")                                   \
+                              .Device(DEVICE)                                     \
+                              .TypeConstraint<T>("T")                             \
+                              .HostMemory("padding_value")                        \
+                              .HostMemory("params"),                              \
+                          ::masked_ops::tf_adapter::MaskedLossWithGradOp<DEV_TAG, LOSS, T>)
+
 #define MASKED_OPS_REGISTER_LOSS_KERNELS_ALL_DTYPES(NAME, LOSS, DEVICE, DEV_TAG)                  \
   MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, Eigen::half);                     \
   MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, Eigen::half, float);     \
@@ -369,3 +490,13 @@ class MaskedLossGradOp : public tf::OpKernel {
   MASKED_OPS_REGISTER_LOSS_KERNELS_FOR_MASK(NAME, LOSS, DEVICE, DEV_TAG, Eigen::bfloat16, float); \
   MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, float);                           \
   MASKED_OPS_REGISTER_LOSS_KERNELS(NAME, LOSS, DEVICE, DEV_TAG, double)
+
+// The one-pass backward's scaling (one op for every loss).
+#define MASKED_OPS_REGISTER_SCALE_GRADIENT_KERNEL(DEVICE, DEV_TAG, T)                            \
+  REGISTER_KERNEL_BUILDER(Name("MaskedOps>ScaleGradient").Device(DEVICE).TypeConstraint<T>("T"), \
+                          ::masked_ops::tf_adapter::ScaleGradientOp<DEV_TAG, T>)
+#define MASKED_OPS_REGISTER_SCALE_GRADIENT_KERNELS(DEVICE, DEV_TAG)            \
+  MASKED_OPS_REGISTER_SCALE_GRADIENT_KERNEL(DEVICE, DEV_TAG, Eigen::half);     \
+  MASKED_OPS_REGISTER_SCALE_GRADIENT_KERNEL(DEVICE, DEV_TAG, Eigen::bfloat16); \
+  MASKED_OPS_REGISTER_SCALE_GRADIENT_KERNEL(DEVICE, DEV_TAG, float);           \
+  MASKED_OPS_REGISTER_SCALE_GRADIENT_KERNEL(DEVICE, DEV_TAG, double)

@@ -42,6 +42,20 @@ struct Launch<CPUDevice, Loss, T, M> {
                     "forward");
   }
 
+  static absl::Status ForwardBackward(tf::OpKernelContext* ctx, const Loss& loss_fn,
+                                      const MaskedInputs<KT, KM>& in, Reduction reduction,
+                                      Acc* loss, Acc* sum, Acc* weight_sum, int64_t* count,
+                                      KT* grad_true, KT* grad_pred) {
+    const size_t bytes = cpu::forward_backward_workspace_bytes(in.n, in.mask_n);
+    tf::Tensor workspace;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(
+        tf::DT_UINT8, tf::TensorShape({static_cast<int64_t>(bytes)}), &workspace));
+    return ToStatus(cpu::forward_backward(loss_fn, in, reduction, workspace.flat<uint8_t>().data(),
+                                          bytes, loss, sum, weight_sum, count, grad_true, grad_pred,
+                                          IntraOpParallelFor(ctx)),
+                    "forward_backward");
+  }
+
   static absl::Status Backward(tf::OpKernelContext* ctx, const Loss& loss,
                                const MaskedInputs<KT, KM>& in, Reduction reduction,
                                const BackwardScalars<Acc>& scalars, KT* grad_true, KT* grad_pred,
@@ -49,6 +63,19 @@ struct Launch<CPUDevice, Loss, T, M> {
     return ToStatus(cpu::backward(loss, in, reduction, scalars, grad_true, grad_pred, grad_mask,
                                   IntraOpParallelFor(ctx)),
                     "backward");
+  }
+};
+
+template <typename T>
+struct ScaleLaunch<CPUDevice, T> {
+  using KT = kernel_t<T>;
+  static absl::Status Run(tf::OpKernelContext* ctx, const acc_t<KT>* scale, const KT* in, KT* out,
+                          int64_t n) {
+    // Host memory: an upstream gradient of exactly 1 on a forwarded buffer is
+    // the gradient already.
+    if (*scale == acc_t<KT>(1) && in == out) return absl::OkStatus();
+    return ToStatus(cpu::scale_gradient(*scale, in, out, n, IntraOpParallelFor(ctx)),
+                    "scale_gradient");
   }
 };
 

@@ -84,6 +84,21 @@ struct Launch<GPUDevice, Loss, T, M> {
         "forward");
   }
 
+  static absl::Status ForwardBackward(tf::OpKernelContext* ctx, const Loss& loss_fn,
+                                      const MaskedInputs<KT, KM>& in, Reduction reduction,
+                                      Acc* loss, Acc* sum, Acc* weight_sum, int64_t* count,
+                                      KT* grad_true, KT* grad_pred) {
+    cudaStream_t stream = nullptr;
+    TF_RETURN_IF_ERROR(GetCudaStream(ctx, &stream));
+    const size_t bytes = cuda::forward_backward_workspace_bytes(in.n);
+    tf::Tensor workspace;
+    void* data = nullptr;
+    TF_RETURN_IF_ERROR(AllocateWorkspace(ctx, bytes, &workspace, &data));
+    return CudaToStatus(cuda::forward_backward(loss_fn, in, reduction, data, bytes, loss, sum,
+                                               weight_sum, count, grad_true, grad_pred, stream),
+                        "forward_backward");
+  }
+
   static absl::Status Backward(tf::OpKernelContext* ctx, const Loss& loss,
                                const MaskedInputs<KT, KM>& in, Reduction reduction,
                                const BackwardScalars<Acc>& scalars, KT* grad_true, KT* grad_pred,
@@ -97,6 +112,17 @@ struct Launch<GPUDevice, Loss, T, M> {
     return CudaToStatus(cuda::backward(loss, in, reduction, scalars, grad_true, grad_pred,
                                        grad_mask, data, bytes, stream),
                         "backward");
+  }
+};
+
+template <typename T>
+struct ScaleLaunch<GPUDevice, T> {
+  using KT = kernel_t<T>;
+  static absl::Status Run(tf::OpKernelContext* ctx, const acc_t<KT>* scale, const KT* in, KT* out,
+                          int64_t n) {
+    cudaStream_t stream = nullptr;
+    TF_RETURN_IF_ERROR(GetCudaStream(ctx, &stream));
+    return CudaToStatus(cuda::scale_gradient(scale, in, out, n, stream), "scale_gradient");
   }
 };
 
