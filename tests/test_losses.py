@@ -2,6 +2,9 @@
 autodiff, XLA, the binding and worked examples; parametrized over
 tests/loss_cases.py (MSE's full matrix lives in test_masked_squared_error.py)."""
 
+import ctypes
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -255,13 +258,116 @@ def test_specs_ops_and_binding_list_the_same_losses():
     assert {case.spec for case in LOSS_CASES} == set(SPECS)
 
 
+def _float32_math(name, x):
+    """The kernels' host float32 function `name` (csrc/kernels/loss_math.h)
+    over x, from masked_ops/_math_check.so (built with the kernels' flags)."""
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(masked_ops.__file__), "_math_check.so"))
+    fn = lib.masked_ops_math_check
+    fn.argtypes = [ctypes.c_char_p] + [ctypes.c_void_p] * 3 + [ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    x = np.ascontiguousarray(x, np.float32)
+    y, y2 = np.empty_like(x), np.empty_like(x)
+    assert fn(name.encode(), x.ctypes.data, y.ctypes.data, y2.ctypes.data, x.size) == 0
+    return (y, y2) if name == "log_and_log_one_minus" else y
+
+
+def _floats_from_bits(lo, hi, rng, n):
+    """n random float32s whose bit patterns are uniform in [lo, hi] (so every
+    binade is sampled alike), plus both ends."""
+    bits = rng.integers(lo, hi, size=n, endpoint=True, dtype=np.uint32)
+    return np.concatenate([bits, np.array([lo, hi], np.uint32)]).view(np.float32)
+
+
+def _ulps(y, want):
+    """|y - want| in units of the last place of float32 at want (float64)."""
+    _, e = np.frexp(want)
+    ulp = np.maximum(np.ldexp(1.0, e.astype(np.int64) - 24), 2.0**-149)
+    return np.abs(y.astype(np.float64) - want) / ulp
+
+
+def test_float32_log_is_within_one_ulp_over_its_domain():
+    rng = np.random.default_rng(7)
+    ones = np.float32(1.0)
+    x = np.concatenate(
+        [
+            _floats_from_bits(0x00800000, 0x7F7FFFFF, rng, 1 << 21),  # normal
+            _floats_from_bits(0x00000001, 0x007FFFFF, rng, 1 << 18),  # subnormal
+            np.ldexp(np.float32(1.0), np.arange(-149, 128)).astype(np.float32),  # powers of two
+            np.nextafter(ones, np.float32(2.0)) + np.arange(1 << 12, dtype=np.float32) * 2**-23,
+            ones - np.arange(1, 1 << 12, dtype=np.float32) * 2**-24,  # just below 1
+            np.linspace(0.5, 2.0, 1 << 16, dtype=np.float32),  # near 1
+        ]
+    ).astype(np.float32)
+    y = _float32_math("log", x)
+    err = _ulps(y, np.log(x.astype(np.float64)))
+    assert np.all(np.isfinite(y))
+    assert err.max() <= 1.0, (float(err.max()), float(x[np.argmax(err)]))
+    assert _float32_math("log", np.array([1.0], np.float32))[0] == 0.0
+    special = np.array([0.0, -0.0, np.inf, -np.inf, -1.0, -1e-45, np.nan], np.float32)
+    y = _float32_math("log", special)
+    assert y[0] == -np.inf and y[1] == -np.inf and y[2] == np.inf
+    assert np.all(np.isnan(y[3:]))
+
+
+def test_float32_exp_and_log1p_are_within_their_bounds():
+    rng = np.random.default_rng(8)
+    # exp: within 1 ulp where the result is normal, 0 below, inf above.
+    x = np.concatenate(
+        [
+            _floats_from_bits(0x00000000, 0x42B20000, rng, 1 << 20),  # [0, 89]
+            _floats_from_bits(0x80000000, 0xC2B00000, rng, 1 << 20),  # [-88, 0]
+            np.array([88.72283, 88.7229, -87.33654, -87.34, -103.0, -1e30, 1e30], np.float32),
+        ]
+    )
+    with np.errstate(over="ignore"):
+        y, want = _float32_math("exp", x), np.exp(x.astype(np.float64))
+    f32 = np.finfo(np.float32)
+    normal = (want >= f32.tiny) & (want <= f32.max)
+    assert _ulps(y[normal], want[normal]).max() <= 1.0
+    assert np.all(y[want < f32.tiny] == 0.0)
+    assert np.all(y[want > f32.max] == np.inf)
+    y = _float32_math("exp", np.array([np.inf, -np.inf, np.nan], np.float32))
+    assert y[0] == np.inf and y[1] == 0.0 and np.isnan(y[2])
+    # log1p on [0, 1] (the cross-entropy from logits): within 1 ulp.
+    x = np.concatenate(
+        [
+            _floats_from_bits(0x00000000, 0x3F800000, rng, 1 << 21),
+            np.linspace(0.0, 1.0, 1 << 16, dtype=np.float32),
+        ]
+    )
+    err = _ulps(_float32_math("log1p_of_at_most_one", x), np.log1p(x.astype(np.float64)))
+    assert err.max() <= 1.0, (float(err.max()), float(x[np.argmax(err)]))
+    # log1p on [0, 2^127]: within 2.5 ulp.
+    x = _floats_from_bits(0x00000000, 0x7F000000, rng, 1 << 20)
+    err = _ulps(_float32_math("log1p_of_nonnegative", x), np.log1p(x.astype(np.float64)))
+    assert err.max() <= 2.5, (float(err.max()), float(x[np.argmax(err)]))
+    for name in ("log1p_of_at_most_one", "log1p_of_nonnegative"):
+        assert np.isnan(_float32_math(name, np.array([np.nan], np.float32))[0])
+
+
+def test_float32_log_pair_is_bitwise_two_logs():
+    # The cross-entropy's log(c) and log(1 - c) share work but not results.
+    rng = np.random.default_rng(9)
+    c = np.concatenate(
+        [
+            _floats_from_bits(0x00800000, 0x3F7FFFFF, rng, 1 << 21),  # [2^-126, 1 - 2^-24]
+            np.linspace(1e-7, 1 - 1e-7, 1 << 16, dtype=np.float32),
+            np.array([0.5, np.nextafter(np.float32(0.5), np.float32(0.0))], np.float32),
+        ]
+    )
+    log_c, log_d = _float32_math("log_and_log_one_minus", c)
+    np.testing.assert_array_equal(log_c, _float32_math("log", c))
+    np.testing.assert_array_equal(log_d, _float32_math("log", np.float32(1.0) - c))
+    assert all(np.isnan(_float32_math("log_and_log_one_minus", np.array([np.nan], np.float32))))
+
+
 @pytest.mark.parametrize(
     "case", [c for c in LOSS_CASES if c.spec.startswith("binary")], ids=lambda c: c.name
 )
 def test_float32_element_values_are_within_a_few_ulp(case):
     # With reduction "sum" and only grad_sum = 1 upstream, a float mask of ones
     # gets each element's value as its gradient: the kernel's float32 math
-    # (vectorized exp/log1p polynomials on the host) element by element.
+    # (vectorized exp/log polynomials on the host) element by element.
     x = np.concatenate(
         [
             np.linspace(-100, 100, 20001),

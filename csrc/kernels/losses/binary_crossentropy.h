@@ -46,21 +46,23 @@ struct BinaryCrossentropy : BinaryCrossentropyBase {
   template <typename Acc>
   MO_HD Acc value(Acc t, Acc p) const {
     const Acc z = target(t);
-    const Acc c = clipped(p);
-    return -(z * math::log(c) + (Acc(1) - z) * math::log(Acc(1) - c));
+    const auto logs = math::log_and_log_one_minus(clipped(p));
+    return -(z * logs.log_c + (Acc(1) - z) * logs.log_one_minus_c);
   }
   template <typename Acc>
   MO_HD Acc grad_pred(Acc t, Acc p) const {
     const Acc z = target(t);
     const Acc c = clipped(p);
-    const Acc g = (Acc(1) - z) / (Acc(1) - c) - z / c;
+    // (1 - z) / (1 - c) - z / c over one division; it does not cancel
+    // where the two terms are close (z near c).
+    const Acc g = (c - z) / (c * (Acc(1) - c));
     return math::select(p < Acc(kEpsilon), Acc(0),
                         math::select(p > Acc(1.0 - kEpsilon), Acc(0), g));
   }
   template <typename Acc>
   MO_HD Acc grad_true(Acc, Acc p) const {
-    const Acc c = clipped(p);
-    return target_scale<Acc>() * (math::log(Acc(1) - c) - math::log(c));
+    const auto logs = math::log_and_log_one_minus(clipped(p));
+    return target_scale<Acc>() * (logs.log_one_minus_c - logs.log_c);
   }
 };
 
@@ -71,7 +73,7 @@ struct BinaryCrossentropyFromLogits : BinaryCrossentropyBase {
   template <typename Acc>
   MO_HD Acc value(Acc t, Acc x) const {
     const Acc relu = math::select(x >= Acc(0), x, Acc(0));
-    return relu - x * target(t) + math::log1p_of_nonnegative(math::exp(-math::abs(x)));
+    return relu - x * target(t) + math::log1p_of_at_most_one(math::exp(-math::abs(x)));
   }
   // sigmoid(x) - z, written as TensorFlow's gradient of its formula computes
   // it: 1 - z - e / (1 + e) for x >= 0, e / (1 + e) - z otherwise (e =
