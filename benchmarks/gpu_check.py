@@ -781,6 +781,19 @@ class HostBackend(NumpyOps, Backend):
     def memory_allows(self, case):
         return True, ""
 
+    def one_pass(self, loss, params, dtype, t, p, m):
+        """(outputs of forward then backward for upstream (1, 0, 0), outputs
+        of forward_backward), NumPy arrays from NumPy t, p (float64) and m."""
+        k, kw = self.k, {"loss_name": loss, "params": list(params)}
+        t, p = (x.astype(oracle.np_dtype(dtype)) for x in (t, p))
+        loss_v, total, ws, count = k.forward(t, p, m, None, "mean", **kw)
+        g_true, g_pred, _ = k.backward(
+            1.0, 0.0, 0.0, t, p, m, None, loss_v, ws, "mean", True, True, False, **kw
+        )
+        two = [np.asarray(x) for x in (loss_v, total, ws, count, g_true, g_pred)]
+        one = [np.asarray(x) for x in k.forward_backward(t, p, m, "mean", True, True, **kw)]
+        return two, one, []
+
     def api_checks(self):
         k, t = self.k, np.ones(8, np.float32)
         checks = loss_refusals(k.losses, lambda name, q: k.forward(t, t, loss_name=name, params=q))
@@ -971,6 +984,65 @@ class CudaBackend(Backend):
         o = out.tolist()
         flat = tuple(None if g is None else g.reshape(-1) for g in grads)
         return Result((o[0], o[1], o[2]), int(count.item()), flat, unwritten, outputs)
+
+    def one_pass(self, loss, params, dtype, t, p, m):
+        """As HostBackend.one_pass on the device (forward_backward_cuda
+        against forward_cuda + backward_cuda), plus scale_gradient_cuda: in
+        place with 1 (nothing changes), and 2 into another buffer (exact)."""
+        torch, k = self.torch, self.k
+        td = self.t_dtypes[dtype]
+        acc = self.t_dtypes["float64" if dtype == "float64" else "float32"]
+        t, p = (torch.tensor(x, device=self.dev).to(td) for x in (t, p))
+        m = None if m is None else torch.tensor(m, device=self.dev)
+        n = t.numel()
+        kw = {"dtype": dtype, "stream": self.stream(), "loss_name": loss, "params": list(params)}
+        views = [self.cai(x) for x in (t, p)]
+        mv = None if m is None else self.cai(m)
+
+        def buffers():
+            out = torch.full((3,), float("nan"), dtype=acc, device=self.dev)
+            count = torch.full((1,), -1, dtype=torch.int64, device=self.dev)
+            grads = [torch.full_like(p, float("nan")) for _ in range(2)]
+            return out, count, grads
+
+        out, count, grads = buffers()
+        fw = torch.empty(k.forward_workspace_bytes(n), dtype=torch.uint8, device=self.dev)
+        k.forward_cuda(*views, mv, None, "mean", out, count, fw, **kw)
+        upstream = torch.tensor((1.0, 0.0, 0.0), dtype=acc, device=self.dev)
+        bw = torch.empty(
+            k.backward_workspace_bytes(n, 1, False), dtype=torch.uint8, device=self.dev
+        )
+        g_views = [self.cai(g) for g in grads]
+        k.backward_cuda(upstream, out, *views, mv, None, "mean", *g_views, None, bw, **kw)
+        two = [out, count, *grads]
+        out1, count1, grads1 = buffers()
+        ws = torch.empty(k.forward_backward_workspace_bytes(n), dtype=torch.uint8, device=self.dev)
+        k.forward_backward_cuda(
+            *views, mv, "mean", out1, count1, *[self.cai(g) for g in grads1], ws, **kw
+        )
+        one = [out1, count1, *grads1]
+        failures = []
+        g = grads1[1]
+        before = g.clone()
+        one_scale = torch.ones(1, dtype=acc, device=self.dev)
+        k.scale_gradient_cuda(
+            one_scale, self.cai(g), self.cai(g), dtype=dtype, stream=self.stream()
+        )
+        doubled = torch.full_like(g, float("nan"))
+        k.scale_gradient_cuda(
+            2 * one_scale, self.cai(g), self.cai(doubled), dtype=dtype, stream=self.stream()
+        )
+        torch.cuda.synchronize()
+        u8 = torch.uint8
+        if not torch.equal(before.view(-1).view(u8), g.view(-1).view(u8)):
+            failures.append("scale_gradient_cuda with 1 in place changed the gradient")
+        if not torch.equal(doubled, 2 * before):
+            failures.append("scale_gradient_cuda with 2 is not exactly twice the gradient")
+        host = (
+            [x.view(-1).view(u8).cpu().numpy() for x in two],
+            [x.view(-1).view(u8).cpu().numpy() for x in one],
+        )
+        return host[0], host[1], failures
 
     def same_bits(self, a, b):
         u8 = self.torch.uint8
@@ -1169,6 +1241,45 @@ def coverage(kernels):
     return [x for x in LOSS_PARAMS if x in compiled and x in oracle.LOSSES], records
 
 
+def check_one_pass(be, mode, seed, losses):
+    """The one-pass launcher (loss and gradient together: one boolean mask or
+    none, no padding) gives the bits of the forward then the backward for an
+    upstream gradient of 1, for every loss, dtype and mask shape; on the
+    device also scale_gradient_cuda. Records as run_correctness's."""
+    records = []
+    n_rows, inner = (6433, 163) if mode == "cuda" else (1225, 107)
+    gen = np.random.default_rng(seed)
+    for loss in losses:
+        params = LOSS_PARAMS[loss][0]
+        domain = oracle.LOSSES[loss](params, "float64").domain
+        for dtype in DTYPES:
+            for kind in ("none", "bool", "prefix_bool"):
+                name = f"one pass {loss_label(loss, params)} {dtype} {kind} {n_rows}x{inner}"
+                try:
+                    t, p = draw_values(NumpyOps(), gen, domain, n_rows * inner)
+                    t, p = (np.reshape(x, (n_rows, inner)) for x in (t, p))
+                    m = None
+                    if kind == "bool":
+                        m = gen.random((n_rows, inner)) < 0.7
+                    elif kind == "prefix_bool":
+                        m = gen.random(n_rows) < 0.7
+                    two, one, failures = be.one_pass(loss, params, dtype, t, p, m)
+                    names = ("loss", "sum", "weight_sum", "count", "grad_y_true", "grad_y_pred")
+                    for what, a, b in zip(names, two, one, strict=True):
+                        if np.asarray(a).tobytes() != np.asarray(b).tobytes():
+                            failures.append(f"{what} differs from forward + backward")
+                except Exception as e:  # one broken case must not hide the others
+                    failures = [f"raised {type(e).__name__}: {e}"]
+                status = "fail" if failures else "pass"
+                records.append(
+                    {"case": name, "loss": loss_label(loss, params), "status": status,
+                     "failures": failures}
+                )  # fmt: skip
+                if failures:
+                    print(f"  FAIL     {name}: {'; '.join(failures)}", flush=True)
+    return records
+
+
 def run_correctness(be, mode, seed, losses, formula_columns=()):
     records = []
     for name, failure in be.api_checks():
@@ -1219,7 +1330,7 @@ def run_correctness(be, mode, seed, losses, formula_columns=()):
         for f in failures:
             print(f"           {f}", flush=True)
         inp = first = second = None
-    return records
+    return records + check_one_pass(be, mode, seed, losses)
 
 
 def per_loss_summary(records):

@@ -67,7 +67,7 @@ def _loss_and_grads(loss_fn, t, p, mask, reduction, scale=None, watch_true=True)
 
 
 def _bits(xs):
-    return [x.numpy().tobytes() for x in xs]
+    return [np.asarray(x).tobytes() for x in xs]
 
 
 def _op_types(fn, *args):
@@ -208,3 +208,48 @@ def test_labels_xla_and_keras_keep_their_paths():
     compiled = tf.function(training, jit_compile=True)(labels, probs)
     for a, b in zip(eager, compiled, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-9)
+
+
+@per_case
+@pytest.mark.parametrize("kind", ("none", "elementwise", "prefix_long"))
+def test_binding_forward_backward_gives_the_bits_of_forward_then_backward(case, kind):
+    """The TF-free binding's one-pass call (what the GPU check runs on the
+    device) against its own two calls and the op, on 1 and 3 threads."""
+    from masked_ops import _kernels
+
+    t, p, mask = _data(case, tf.float32, kind, seed=7)
+    t, p = t.numpy(), p.numpy()
+    m = None if mask is None else mask.numpy()
+    kw = {"loss_name": case.spec, "params": list(case.params)}
+    loss, total, ws, count = _kernels.forward(t, p, m, None, "mean", **kw)
+    g_true, g_pred, _ = _kernels.backward(
+        1.0, 0.0, 0.0, t, p, m, None, loss, ws, "mean", True, True, False, **kw
+    )
+    want = _bits([np.asarray(x) for x in (loss, total, ws, count, g_true, g_pred)])
+    previous = _kernels.get_num_threads()
+    try:
+        for threads in (1, 3):
+            _kernels.set_num_threads(threads)
+            got = _kernels.forward_backward(t, p, m, "mean", True, True, **kw)
+            assert _bits([np.asarray(x) for x in got]) == want
+    finally:
+        _kernels.set_num_threads(previous)
+    op = _loss_and_grads(_public(case), tf.constant(t), tf.constant(p), mask, "mean")
+    assert _bits(op) == _bits([tf.constant(x) for x in (loss, g_true, g_pred)])
+
+
+def test_binding_forward_backward_refuses_what_it_does_not_cover():
+    from masked_ops import _kernels
+
+    x = np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match="one boolean mask"):
+        _kernels.forward_backward(x, x, np.ones(8, np.float32))
+    with pytest.raises(ValueError, match="one boolean mask"):
+        _kernels.forward_backward(x, x, [np.ones(8, bool), np.ones(8, bool)])
+    with pytest.raises(ValueError, match="labels have no gradient"):
+        _kernels.forward_backward(np.zeros(8, np.int32), x, None, "mean", True, True)
+    loss, _, _, count, g_true, g_pred = _kernels.forward_backward(
+        np.ones(8, bool), x, None, "sum", False, True
+    )
+    assert g_true is None and count == 8 and float(loss) == 8.0
+    np.testing.assert_array_equal(g_pred, np.full(8, -2.0, np.float32))

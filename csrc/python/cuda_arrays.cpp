@@ -231,10 +231,16 @@ int64_t backward_workspace_bytes(int64_t n, int64_t mask_n, bool want_mask) {
   return int64_t(cuda::backward_workspace_bytes(n, mask_n, want_mask));
 }
 
+int64_t forward_backward_workspace_bytes(int64_t n) {
+  if (n < 0) throw py::value_error("n must be >= 0");
+  return int64_t(cuda::forward_backward_workspace_bytes(n));
+}
+
 #else
 
 int64_t forward_workspace_bytes(int64_t) { no_cuda(); }
 int64_t backward_workspace_bytes(int64_t, int64_t, bool) { no_cuda(); }
+int64_t forward_backward_workspace_bytes(int64_t) { no_cuda(); }
 
 #endif
 
@@ -378,6 +384,139 @@ void backward_cuda(const py::object& upstream_obj, const py::object& forward_out
   (void)named;
   (void)loss_name;
   (void)params;
+  no_cuda();
+#endif
+}
+
+void forward_backward_cuda(const py::object& y_true, const py::object& y_pred,
+                           const py::object& mask, const std::string& reduction,
+                           const py::object& out_obj, const py::object& count_obj,
+                           const py::object& grad_true_obj, const py::object& grad_pred_obj,
+                           const py::object& workspace_obj, const std::string& loss_name,
+                           const std::vector<double>& params, const py::object& dtype,
+                           const py::object& stream_obj) {
+  const DeviceInputs d = device_inputs(y_true, y_pred, mask, py::none(), reduction, dtype);
+  if (d.mask_dtype != DType::kBool || !d.extras.empty()) {
+    throw py::value_error(
+        "forward_backward_cuda takes one boolean mask (or none); use forward_cuda and "
+        "backward_cuda otherwise");
+  }
+  const DeviceArray out = device_array(out_obj, "out");
+  const DeviceArray count = device_array(count_obj, "count");
+  check_output(out, acc_typestr(d.dtype), 3, "loss, sum, weight_sum in the accumulator dtype");
+  check_output(count, "<i8", 1, "count");
+  const auto grad_true = optional_array(grad_true_obj, "grad_y_true");
+  const auto grad_pred = optional_array(grad_pred_obj, "grad_y_pred");
+  if (grad_true && d.labels) {
+    throw py::value_error("grad_y_true was given but y_true holds labels, which have no gradient");
+  }
+  for (const auto* g : {&grad_true, &grad_pred}) {
+    if (!*g) continue;
+    check_same_dtype((*g)->name.c_str(), device_dtype(**g, d.as), d.dtype);
+    if ((*g)->shape != d.y_pred.shape) {
+      throw py::value_error((*g)->name + " must have the inputs' shape " +
+                            shape_str(d.y_pred.shape) + ", got " + shape_str((*g)->shape));
+    }
+    (*g)->check_layout();
+  }
+  const auto workspace = optional_array(workspace_obj, "workspace");
+  const std::vector<const DeviceArray*> all = {&d.y_true,
+                                               &d.y_pred,
+                                               d.mask ? &*d.mask : nullptr,
+                                               &out,
+                                               &count,
+                                               grad_true ? &*grad_true : nullptr,
+                                               grad_pred ? &*grad_pred : nullptr,
+                                               workspace ? &*workspace : nullptr};
+  const std::optional<intptr_t> named = choose_stream(stream_obj, all);
+#if defined(MASKED_OPS_WITH_CUDA)
+  const cudaStream_t stream = require_stream(named, "forward_backward_cuda");
+  check_workspace(workspace, cuda::forward_backward_workspace_bytes(d.y_pred.size()),
+                  "forward_backward_workspace_bytes(n)");
+  Status s = Status::kUnsupported;
+  with_kernel(loss_name, params, d.dtype, d.mask_dtype, [&](auto loss_fn, auto t, auto m) {
+    using T = typename decltype(t)::type;
+    using M = typename decltype(m)::type;
+    using Acc = acc_t<T>;
+    // The one-pass launcher exists for boolean masks only (checked above).
+    if constexpr (std::is_same<M, bool>::value) {
+      const auto in = kernel_inputs<T, M>(d);
+      Acc* o = reinterpret_cast<Acc*>(out.ptr);
+      auto ptr = [](const std::optional<DeviceArray>& a) { return a ? a->ptr : uintptr_t(0); };
+      check_driver();
+      check_on_current_device(all);
+      py::gil_scoped_release release;
+      s = cuda::forward_backward(loss_fn, in, d.reduction, reinterpret_cast<void*>(ptr(workspace)),
+                                 workspace ? device_bytes(*workspace) : 0, o, o + 1, o + 2,
+                                 reinterpret_cast<int64_t*>(count.ptr),
+                                 reinterpret_cast<T*>(ptr(grad_true)),
+                                 reinterpret_cast<T*>(ptr(grad_pred)), stream);
+    }
+  });
+  check_cuda_status(s, "forward_backward_cuda");
+#else
+  (void)named;
+  (void)loss_name;
+  (void)params;
+  no_cuda();
+#endif
+}
+
+void scale_gradient_cuda(const py::object& scale_obj, const py::object& gradient_obj,
+                         const py::object& out_obj, const py::object& dtype,
+                         const py::object& stream_obj) {
+  std::optional<DType> as;
+  if (!dtype.is_none()) {
+    std::string name = py::str(py::hasattr(dtype, "name") ? dtype.attr("name") : dtype);
+    if (name.rfind("torch.", 0) == 0) name = name.substr(6);
+    as = parse_dtype_name(name);
+  }
+  const DeviceArray scale = device_array(scale_obj, "scale");
+  const DeviceArray gradient = device_array(gradient_obj, "gradient");
+  const DeviceArray out = device_array(out_obj, "out");
+  const DType t = device_dtype(gradient, as);
+  if (t == DType::kBool || t == DType::kInt32 || t == DType::kInt64) {
+    throw py::type_error("gradient must be float16, bfloat16, float32 or float64");
+  }
+  check_output(scale, acc_typestr(t), 1, "the upstream gradient in the accumulator dtype");
+  check_same_dtype("out", device_dtype(out, as), t);
+  if (out.shape != gradient.shape) {
+    throw py::value_error("out must have the gradient's shape " + shape_str(gradient.shape) +
+                          ", got " + shape_str(out.shape));
+  }
+  gradient.check_layout();
+  out.check_layout();
+  const std::vector<const DeviceArray*> all = {&scale, &gradient, &out};
+  const std::optional<intptr_t> named = choose_stream(stream_obj, all);
+#if defined(MASKED_OPS_WITH_CUDA)
+  const cudaStream_t stream = require_stream(named, "scale_gradient_cuda");
+  check_driver();
+  check_on_current_device(all);
+  Status s = Status::kOk;
+  auto run = [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    py::gil_scoped_release release;
+    s = cuda::scale_gradient(reinterpret_cast<const acc_t<T>*>(scale.ptr),
+                             reinterpret_cast<const T*>(gradient.ptr),
+                             reinterpret_cast<T*>(out.ptr), gradient.size(), stream);
+  };
+  switch (t) {
+    case DType::kHalf:
+      run(Tag<half_t>{});
+      break;
+    case DType::kBFloat16:
+      run(Tag<bfloat16_t>{});
+      break;
+    case DType::kFloat:
+      run(Tag<float>{});
+      break;
+    default:
+      run(Tag<double>{});
+      break;
+  }
+  check_cuda_status(s, "scale_gradient_cuda");
+#else
+  (void)named;
   no_cuda();
 #endif
 }

@@ -27,6 +27,11 @@ py::tuple backward(double grad_loss, double grad_sum, double grad_weight_sum,
                    const std::string& reduction, bool want_y_true, bool want_y_pred, bool want_mask,
                    const std::string& loss_name, const std::vector<double>& params);
 
+py::tuple forward_backward(const py::object& y_true, const py::object& y_pred,
+                           const py::object& mask, const std::string& reduction, bool want_y_true,
+                           bool want_y_pred, const std::string& loss_name,
+                           const std::vector<double>& params);
+
 // Threads of the host calls: thread_pool.cpp.
 void set_num_threads(int n);
 int get_num_threads();
@@ -48,6 +53,18 @@ void backward_cuda(const py::object& upstream_obj, const py::object& forward_out
                    const py::object& grad_mask_obj, const py::object& workspace_obj,
                    const std::string& loss_name, const std::vector<double>& params,
                    const py::object& dtype, const py::object& stream_obj);
+
+int64_t forward_backward_workspace_bytes(int64_t n);
+void forward_backward_cuda(const py::object& y_true, const py::object& y_pred,
+                           const py::object& mask, const std::string& reduction,
+                           const py::object& out_obj, const py::object& count_obj,
+                           const py::object& grad_true_obj, const py::object& grad_pred_obj,
+                           const py::object& workspace_obj, const std::string& loss_name,
+                           const std::vector<double>& params, const py::object& dtype,
+                           const py::object& stream_obj);
+void scale_gradient_cuda(const py::object& scale_obj, const py::object& gradient_obj,
+                         const py::object& out_obj, const py::object& dtype,
+                         const py::object& stream_obj);
 
 }  // namespace binding
 }  // namespace masked_ops

@@ -249,5 +249,51 @@ py::tuple backward(double grad_loss, double grad_sum, double grad_weight_sum,
   return py::make_tuple(grads[0], grads[1], grads[2]);
 }
 
+py::tuple forward_backward(const py::object& y_true, const py::object& y_pred,
+                           const py::object& mask, const std::string& reduction, bool want_y_true,
+                           bool want_y_pred, const std::string& loss_name,
+                           const std::vector<double>& params) {
+  const HostInputs h = host_inputs(y_true, y_pred, mask, py::none(), reduction);
+  if (h.mask_dtype() != DType::kBool || !h.extras.empty()) {
+    throw py::value_error(
+        "forward_backward takes one boolean mask (or none); use forward and backward otherwise");
+  }
+  if (want_y_true && h.labels) {
+    throw py::value_error(std::string("want_y_true=True needs floating-point y_true; ") +
+                          dtype_name(h.y_true.dtype) + " labels have no gradient");
+  }
+  py::object grads[2] = {py::none(), py::none()};
+  py::tuple result;
+  with_kernel(loss_name, params, h.y_pred.dtype, h.mask_dtype(), [&](auto loss_fn, auto t, auto m) {
+    using T = typename decltype(t)::type;
+    using M = typename decltype(m)::type;
+    using Acc = acc_t<T>;
+    const auto in = kernel_inputs<T, M>(h);
+    auto alloc = [&](bool wanted, py::object& slot) -> T* {
+      if (!wanted) return nullptr;
+      py::array a(h.y_pred.array.dtype(),
+                  std::vector<py::ssize_t>(h.y_pred.shape.begin(), h.y_pred.shape.end()));
+      slot = a;
+      return static_cast<T*>(a.mutable_data());
+    };
+    T* grad_true = alloc(want_y_true, grads[0]);
+    T* grad_pred = alloc(want_y_pred, grads[1]);
+    std::vector<char> workspace(cpu::forward_backward_workspace_bytes(in.n, in.mask_n));
+    Acc loss = 0, sum = 0, weight_sum = 0;
+    int64_t count = 0;
+    Status s;
+    {
+      py::gil_scoped_release release;
+      s = cpu::forward_backward(loss_fn, in, h.reduction, workspace.data(), workspace.size(), &loss,
+                                &sum, &weight_sum, &count, grad_true, grad_pred,
+                                thread_parallel_for());
+    }
+    check_status(s, "forward_backward");
+    result = py::make_tuple(acc_scalar(loss), acc_scalar(sum), acc_scalar(weight_sum),
+                            py::int_(count), grads[0], grads[1]);
+  });
+  return result;
+}
+
 }  // namespace binding
 }  // namespace masked_ops

@@ -101,6 +101,13 @@ PYBIND11_MODULE(_kernels, m) {
         arg("want_y_pred") = true, arg("want_mask") = false, py::kw_only(),
         arg("loss_name") = "squared_error", arg("params") = std::vector<double>(),
         "(grad_y_true, grad_y_pred, grad_mask) on host arrays; None where not wanted.");
+  m.def("forward_backward", &b::forward_backward, arg("y_true"), arg("y_pred"),
+        arg("mask") = py::none(), arg("reduction") = "mean", arg("want_y_true") = false,
+        arg("want_y_pred") = true, py::kw_only(), arg("loss_name") = "squared_error",
+        arg("params") = std::vector<double>(),
+        "(loss, sum, weight_sum, count, grad_y_true, grad_y_pred) in one pass: the gradients "
+        "of loss for an upstream gradient of 1 (None where not wanted). One boolean mask (or "
+        "none), no padding value.");
   m.def("set_num_threads", &b::set_num_threads, arg("n"),
         "Most threads a host call uses (results do not depend on it).");
   m.def("get_num_threads", &b::get_num_threads);
@@ -108,6 +115,18 @@ PYBIND11_MODULE(_kernels, m) {
         "Workspace bytes forward_cuda needs for n elements (on any device).");
   m.def("backward_workspace_bytes", &b::backward_workspace_bytes, arg("n"), arg("mask_n"),
         arg("want_mask"), "Workspace bytes backward_cuda needs.");
+  m.def("forward_backward_workspace_bytes", &b::forward_backward_workspace_bytes, arg("n"),
+        "Workspace bytes forward_backward_cuda needs for n elements.");
+  m.def("forward_backward_cuda", &b::forward_backward_cuda, arg("y_true"), arg("y_pred"),
+        arg("mask"), arg("reduction"), arg("out"), arg("count"), arg("grad_y_true") = py::none(),
+        arg("grad_y_pred") = py::none(), arg("workspace") = py::none(), py::kw_only(),
+        arg("loss_name") = "squared_error", arg("params") = std::vector<double>(),
+        arg("dtype") = py::none(), arg("stream") = py::none(),
+        "Asynchronous forward_backward on device arrays (one boolean mask or none).");
+  m.def("scale_gradient_cuda", &b::scale_gradient_cuda, arg("scale"), arg("gradient"), arg("out"),
+        py::kw_only(), arg("dtype") = py::none(), arg("stream") = py::none(),
+        "out = scale[0] * gradient, scale read on the device; nothing when it is exactly 1 and "
+        "out is gradient.");
   m.def("forward_cuda", &b::forward_cuda, arg("y_true"), arg("y_pred"), arg("mask"),
         arg("padding_value"), arg("reduction"), arg("out"), arg("count"),
         arg("workspace") = py::none(), py::kw_only(), arg("loss_name") = "squared_error",
