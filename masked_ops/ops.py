@@ -23,6 +23,35 @@ def _attr_str(value):
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _two_pass_gradients(
+    grad_op, op, upstream, masks, has_padding_value, want_true, want_pred, want_mask
+):
+    """The gradient op of a forward op (either form) on that op's inputs and
+    outputs: upstream = (grad_loss, grad_sum, grad_weight_sum), None read as 0;
+    masks: the mask and the extra masks the kernels combine."""
+    acc = op.outputs[0].dtype
+    grad_loss, grad_sum, grad_weight_sum = (tf.zeros([], acc) if g is None else g for g in upstream)
+    y_true, y_pred, _, padding_value, params = op.inputs[:5]
+    return grad_op(
+        grad_loss=grad_loss,
+        grad_sum=grad_sum,
+        grad_weight_sum=grad_weight_sum,
+        y_true=y_true,
+        y_pred=y_pred,
+        mask=masks[0],
+        padding_value=padding_value,
+        params=params,
+        loss=op.outputs[0],
+        weight_sum=op.outputs[2],
+        extra_masks=masks[1:],
+        reduction=_attr_str(op.get_attr("reduction")),
+        has_padding_value=has_padding_value,
+        want_y_true=want_true,
+        want_y_pred=want_pred,
+        want_mask=want_mask,
+    )
+
+
 def _register_gradient(spec):
     """Registers the fused gradient of a masked-loss op (outputs loss, sum,
     weight_sum, count). One kernel writes only the gradients that are needed:
@@ -32,7 +61,7 @@ def _register_gradient(spec):
     @tf.RegisterGradient(spec.op_type)
     def _gradient(op, grad_loss, grad_sum, grad_weight_sum, _grad_count):
         skip = set(getattr(op, "skip_input_indices", None) or ())
-        y_true, y_pred, mask, padding_value, params = op.inputs[:5]
+        y_true, y_pred, mask = op.inputs[:3]
         masks = [mask, *op.inputs[5:]]
         mask_index = [2, *range(5, 5 + len(masks) - 1)]  # op input index of each mask
         want_true = 0 not in skip and y_true.dtype.is_floating  # labels have no gradient
@@ -44,28 +73,12 @@ def _register_gradient(spec):
         if not (want_true or want_pred or any(want_masks)):
             return grads
         acc = op.outputs[0].dtype
+        upstream = (grad_loss, grad_sum, grad_weight_sum)
+        has_padding = op.get_attr("has_padding_value")
 
-        def upstream(g):
-            return tf.zeros([], acc) if g is None else g
-
-        def run(kernel_mask, want_mask, want_true=want_true, want_pred=want_pred):
-            return grad_op(
-                grad_loss=upstream(grad_loss),
-                grad_sum=upstream(grad_sum),
-                grad_weight_sum=upstream(grad_weight_sum),
-                y_true=y_true,
-                y_pred=y_pred,
-                mask=kernel_mask[0],
-                padding_value=padding_value,
-                params=params,
-                loss=op.outputs[0],
-                weight_sum=op.outputs[2],
-                extra_masks=kernel_mask[1:],
-                reduction=_attr_str(op.get_attr("reduction")),
-                has_padding_value=op.get_attr("has_padding_value"),
-                want_y_true=want_true,
-                want_y_pred=want_pred,
-                want_mask=want_mask,
+        def run(kernel_masks, want_mask, want_true=want_true, want_pred=want_pred):
+            return _two_pass_gradients(
+                grad_op, op, upstream, kernel_masks, has_padding, want_true, want_pred, want_mask
             )
 
         if len(masks) == 1 or not any(want_masks):
@@ -121,7 +134,7 @@ def _register_one_pass_gradient(spec):
     @tf.RegisterGradient(spec.op_type + "WithGrad")
     def _gradient(op, grad_loss, grad_sum, grad_weight_sum, _count, _g_true, _g_pred):
         skip = set(getattr(op, "skip_input_indices", None) or ())
-        y_true, y_pred, mask, padding_value, params = op.inputs[:5]
+        y_true, _, mask = op.inputs[:3]
         want_true = 0 not in skip and y_true.dtype.is_floating
         want_pred = 1 not in skip
         grads = [None] * len(op.inputs)
@@ -142,25 +155,15 @@ def _register_one_pass_gradient(spec):
                     grads[i] = _SCALE_GRADIENT(scale=scale, gradient=op.outputs[4 + i])
             return grads
 
-        def upstream(g):
-            return tf.zeros([], acc) if g is None else g
-
-        grad_true, grad_pred, _ = grad_op(
-            grad_loss=upstream(grad_loss),
-            grad_sum=upstream(grad_sum),
-            grad_weight_sum=upstream(grad_weight_sum),
-            y_true=y_true,
-            y_pred=y_pred,
-            mask=mask,
-            padding_value=padding_value,
-            params=params,
-            loss=op.outputs[0],
-            weight_sum=op.outputs[2],
-            extra_masks=[],
-            reduction=reduction,
-            want_y_true=want_true,
-            want_y_pred=want_pred,
-            want_mask=False,
+        grad_true, grad_pred, _ = _two_pass_gradients(
+            grad_op,
+            op,
+            (grad_loss, grad_sum, grad_weight_sum),
+            [mask],
+            False,
+            want_true,
+            want_pred,
+            False,
         )
         grads[0] = grad_true if want_true else None
         grads[1] = grad_pred if want_pred else None

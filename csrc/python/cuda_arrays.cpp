@@ -37,20 +37,28 @@ struct DeviceInputs {
   std::optional<DType> as;  // the dtype= argument
 };
 
+bool is_float(DType d) {
+  return d == DType::kHalf || d == DType::kBFloat16 || d == DType::kFloat || d == DType::kDouble;
+}
+
+// The dtype= argument: None, a name, or a NumPy / ml_dtypes / PyTorch dtype
+// object naming a float dtype.
+std::optional<DType> parse_dtype_argument(const py::object& dtype) {
+  if (dtype.is_none()) return std::nullopt;
+  std::string name = py::str(py::hasattr(dtype, "name") ? dtype.attr("name") : dtype);
+  if (name.rfind("torch.", 0) == 0) name = name.substr(6);
+  const std::optional<DType> as = parse_dtype_name(name);
+  if (!as || !is_float(*as)) {
+    throw py::type_error("dtype must be 'float16', 'bfloat16', 'float32' or 'float64', got '" +
+                         name + "'");
+  }
+  return as;
+}
+
 DeviceInputs device_inputs(const py::object& y_true, const py::object& y_pred,
                            const py::object& mask, const py::object& padding_value,
                            const std::string& reduction, const py::object& dtype) {
-  std::optional<DType> as;
-  if (!dtype.is_none()) {
-    // A name, or a NumPy / ml_dtypes / PyTorch dtype object.
-    std::string name = py::str(py::hasattr(dtype, "name") ? dtype.attr("name") : dtype);
-    if (name.rfind("torch.", 0) == 0) name = name.substr(6);
-    as = parse_dtype_name(name);
-    if (!as || *as == DType::kBool) {
-      throw py::type_error("dtype must be 'float16', 'bfloat16', 'float32' or 'float64', got '" +
-                           name + "'");
-    }
-  }
+  const std::optional<DType> as = parse_dtype_argument(dtype);
   DeviceInputs in{device_array(y_true, "y_true"),
                   device_array(y_pred, "y_pred"),
                   std::nullopt,
@@ -127,6 +135,24 @@ MaskedInputs<T, M> kernel_inputs(const DeviceInputs& d) {
     in.extra.mask[k].kind = mask_kind(d.extra_dtypes[k], d.dtype);
   }
   return in;
+}
+
+// grad_y_true / grad_y_pred outputs (either may be absent): y_pred's dtype and
+// shape, and none for labels.
+void check_input_gradients(const DeviceInputs& d, const std::optional<DeviceArray>& grad_true,
+                           const std::optional<DeviceArray>& grad_pred) {
+  if (grad_true && d.labels) {
+    throw py::value_error("grad_y_true was given but y_true holds labels, which have no gradient");
+  }
+  for (const auto* g : {&grad_true, &grad_pred}) {
+    if (!*g) continue;
+    check_same_dtype((*g)->name.c_str(), device_dtype(**g, d.as), d.dtype);
+    if ((*g)->shape != d.y_pred.shape) {
+      throw py::value_error((*g)->name + " must have the inputs' shape " +
+                            shape_str(d.y_pred.shape) + ", got " + shape_str((*g)->shape));
+    }
+    (*g)->check_layout();
+  }
 }
 
 const char* acc_typestr(DType t) { return t == DType::kDouble ? "<f8" : "<f4"; }
@@ -304,18 +330,7 @@ void backward_cuda(const py::object& upstream_obj, const py::object& forward_out
   const auto grad_true = optional_array(grad_true_obj, "grad_y_true");
   const auto grad_pred = optional_array(grad_pred_obj, "grad_y_pred");
   const auto grad_mask = optional_array(grad_mask_obj, "grad_mask");
-  if (grad_true && d.labels) {
-    throw py::value_error("grad_y_true was given but y_true holds labels, which have no gradient");
-  }
-  for (const auto* g : {&grad_true, &grad_pred}) {
-    if (!*g) continue;
-    check_same_dtype((*g)->name.c_str(), device_dtype(**g, d.as), d.dtype);
-    if ((*g)->shape != d.y_pred.shape) {
-      throw py::value_error((*g)->name + " must have the inputs' shape " +
-                            shape_str(d.y_pred.shape) + ", got " + shape_str((*g)->shape));
-    }
-    (*g)->check_layout();
-  }
+  check_input_gradients(d, grad_true, grad_pred);
   if (grad_mask) {
     if (!d.mask) throw py::value_error("grad_mask was given but mask is None");
     if (!d.extras.empty()) {
@@ -407,18 +422,7 @@ void forward_backward_cuda(const py::object& y_true, const py::object& y_pred,
   check_output(count, "<i8", 1, "count");
   const auto grad_true = optional_array(grad_true_obj, "grad_y_true");
   const auto grad_pred = optional_array(grad_pred_obj, "grad_y_pred");
-  if (grad_true && d.labels) {
-    throw py::value_error("grad_y_true was given but y_true holds labels, which have no gradient");
-  }
-  for (const auto* g : {&grad_true, &grad_pred}) {
-    if (!*g) continue;
-    check_same_dtype((*g)->name.c_str(), device_dtype(**g, d.as), d.dtype);
-    if ((*g)->shape != d.y_pred.shape) {
-      throw py::value_error((*g)->name + " must have the inputs' shape " +
-                            shape_str(d.y_pred.shape) + ", got " + shape_str((*g)->shape));
-    }
-    (*g)->check_layout();
-  }
+  check_input_gradients(d, grad_true, grad_pred);
   const auto workspace = optional_array(workspace_obj, "workspace");
   const std::vector<const DeviceArray*> all = {&d.y_true,
                                                &d.y_pred,
@@ -465,17 +469,12 @@ void forward_backward_cuda(const py::object& y_true, const py::object& y_pred,
 void scale_gradient_cuda(const py::object& scale_obj, const py::object& gradient_obj,
                          const py::object& out_obj, const py::object& dtype,
                          const py::object& stream_obj) {
-  std::optional<DType> as;
-  if (!dtype.is_none()) {
-    std::string name = py::str(py::hasattr(dtype, "name") ? dtype.attr("name") : dtype);
-    if (name.rfind("torch.", 0) == 0) name = name.substr(6);
-    as = parse_dtype_name(name);
-  }
+  const std::optional<DType> as = parse_dtype_argument(dtype);
   const DeviceArray scale = device_array(scale_obj, "scale");
   const DeviceArray gradient = device_array(gradient_obj, "gradient");
   const DeviceArray out = device_array(out_obj, "out");
   const DType t = device_dtype(gradient, as);
-  if (t == DType::kBool || t == DType::kInt32 || t == DType::kInt64) {
+  if (!is_float(t)) {
     throw py::type_error("gradient must be float16, bfloat16, float32 or float64");
   }
   check_output(scale, acc_typestr(t), 1, "the upstream gradient in the accumulator dtype");
