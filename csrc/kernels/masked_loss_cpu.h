@@ -20,6 +20,7 @@
 #define MO_CPU_X86 1
 #endif
 
+#include "cpu_isa.h"
 #include "masked_loss.h"
 
 namespace masked_ops {
@@ -139,14 +140,21 @@ void accumulate(const Loss& loss, LaneSums<acc_t<T>, std::is_same<M, bool>::valu
                 int64_t len) {
   using Acc = acc_t<T>;
   constexpr bool kBinary = std::is_same<M, bool>::value;
+  // A boolean mask is read as bytes (compilers do not vectorize loads of bool)
+  // and widened to 0/1 floats first: comparing bytes inside the lane loop
+  // mixes 1- and 4-byte vectors, which vectorizes poorly.
+  Acc flags[kElementwise && kBinary ? kBlock : 1];
+  if constexpr (kElementwise && kBinary) {
+    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(mask);
+    for (int64_t i = 0; i < len; ++i) flags[i] = bytes[i] != 0 ? Acc(1) : Acc(0);
+  }
   auto step = [&](int64_t i, int l) {
     const Acc t = to_acc(yt[i]);
     const Acc p = to_acc(yp[i]);
     Acc w = w_const;
     bool keep = t != pad;
     if constexpr (kElementwise && kBinary) {
-      // Booleans are read as bytes: compilers do not vectorize loads of bool.
-      keep &= reinterpret_cast<const uint8_t*>(mask)[i] != 0;
+      keep &= flags[i] != Acc(0);
     } else if constexpr (kElementwise) {
       w = to_acc(mask[i]);
       keep &= w != Acc(0);
@@ -312,7 +320,8 @@ Partial forward_range_combined(const Loss& loss, const MaskedInputs<T, M>& in, i
 }
 
 template <class Loss, class T, class M>
-Partial forward_range(const Loss& loss, const MaskedInputs<T, M>& in, int64_t begin, int64_t end) {
+Partial forward_range_impl(const Loss& loss, const MaskedInputs<T, M>& in, int64_t begin,
+                           int64_t end) {
   using Acc = acc_t<T>;
   if (in.extra.size > 0) return forward_range_combined(loss, in, begin, end);
   const Acc pad = Acc(in.padding_value);
@@ -360,49 +369,133 @@ Partial forward_range(const Loss& loss, const MaskedInputs<T, M>& in, int64_t be
   return total;
 }
 
+#if defined(MO_CPU_DISPATCH)
+template <class Loss, class T, class M>
+MO_CPU_AVX2 Partial forward_range_avx2(const Loss& loss, const MaskedInputs<T, M>& in,
+                                       int64_t begin, int64_t end) {
+  return forward_range_impl(loss, in, begin, end);
+}
+template <class Loss, class T, class M>
+MO_CPU_AVX512 Partial forward_range_avx512(const Loss& loss, const MaskedInputs<T, M>& in,
+                                           int64_t begin, int64_t end) {
+  return forward_range_impl(loss, in, begin, end);
+}
+#endif
+
+// The forward of the elements [begin, end), for the CPU's instruction set.
+template <class Loss, class T, class M>
+Partial forward_range(const Loss& loss, const MaskedInputs<T, M>& in, int64_t begin, int64_t end) {
+#if defined(MO_CPU_DISPATCH)
+  switch (cpu_isa()) {
+    case Isa::kAvx512:
+      return forward_range_avx512(loss, in, begin, end);
+    case Isa::kAvx2:
+      return forward_range_avx2(loss, in, begin, end);
+    case Isa::kBaseline:
+      break;
+  }
+#endif
+  return forward_range_impl(loss, in, begin, end);
+}
+
 // Gradient of len elements. Writes grad_true/grad_pred (when kTrue/kPred) and,
 // for an elementwise float mask, grad_mask; for a prefix mask returns the sum
 // of the mask gradient over the span (the caller owns whole rows).
 template <class Loss, class T, class M, bool kElementwise, bool kTrue, bool kPred, bool kMask>
+acc_t<T> backward_span_impl(const Loss& loss, const T* yt, const T* yp, const M* mask,
+                            acc_t<T> w_const, acc_t<T> pad, GradCoefficients<acc_t<T>> k,
+                            int64_t len, T* grad_true, T* grad_pred, M* grad_mask) {
+  using Acc = acc_t<T>;
+  if constexpr (kElementwise && std::is_same<M, bool>::value) {
+    // Blocks of the boolean mask widened to 0/1 weights (as in accumulate):
+    // a weight of exactly 1 scales as the boolean path does, so the bits are
+    // the same. Booleans have no mask gradient.
+    static_assert(!kMask, "boolean masks have no gradient");
+    Acc flags[kBlock];
+    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(mask);
+    for (int64_t b = 0; b < len; b += kBlock) {
+      const int64_t n = std::min(kBlock, len - b);
+      for (int64_t i = 0; i < n; ++i) flags[i] = bytes[b + i] != 0 ? Acc(1) : Acc(0);
+      backward_span_impl<Loss, T, Acc, true, kTrue, kPred, false>(
+          loss, yt + b, yp + b, flags, w_const, pad, k, n, offset(grad_true, b),
+          offset(grad_pred, b), nullptr);
+    }
+    return Acc(0);
+  } else {
+    Acc row[kLanes] = {};
+    auto step = [&](int64_t i, int l) {
+      const Acc t = to_acc(yt[i]);
+      const Acc p = to_acc(yp[i]);
+      Acc w = w_const;
+      bool keep = t != pad;
+      if constexpr (kElementwise) {
+        w = to_acc(mask[i]);
+        keep &= w != Acc(0);
+      } else {
+        keep &= w != Acc(0);
+      }
+      const Acc aw = k.times_weight(w);
+      if (kTrue) grad_true[i] = from_acc<T>(select_or_zero(keep, aw * loss.grad_true(t, p)));
+      if (kPred) grad_pred[i] = from_acc<T>(select_or_zero(keep, aw * loss.grad_pred(t, p)));
+      if constexpr (kMask) {
+        const Acc gw = select_or_zero(keep, k.weight_gradient(loss.value(t, p)));
+        if (kElementwise) {
+          grad_mask[i] = from_acc<M>(gw);
+        } else {
+          row[l] += gw;
+        }
+      }
+    };
+    int64_t i = 0;
+    for (; i + kLanes <= len; i += kLanes) {
+      MO_SIMD_LANES
+      for (int l = 0; l < kLanes; ++l) step(i + l, l);
+    }
+    for (int l = 0; i < len; ++i, ++l) step(i, l);
+    Acc total = Acc(0);
+    for (int l = 0; l < kLanes; ++l) total += row[l];
+    return total;
+  }
+}
+
+#if defined(MO_CPU_DISPATCH)
+template <class Loss, class T, class M, bool kElementwise, bool kTrue, bool kPred, bool kMask>
+MO_CPU_AVX2 acc_t<T> backward_span_avx2(const Loss& loss, const T* yt, const T* yp, const M* mask,
+                                        acc_t<T> w_const, acc_t<T> pad,
+                                        GradCoefficients<acc_t<T>> k, int64_t len, T* grad_true,
+                                        T* grad_pred, M* grad_mask) {
+  return backward_span_impl<Loss, T, M, kElementwise, kTrue, kPred, kMask>(
+      loss, yt, yp, mask, w_const, pad, k, len, grad_true, grad_pred, grad_mask);
+}
+template <class Loss, class T, class M, bool kElementwise, bool kTrue, bool kPred, bool kMask>
+MO_CPU_AVX512 acc_t<T> backward_span_avx512(const Loss& loss, const T* yt, const T* yp,
+                                            const M* mask, acc_t<T> w_const, acc_t<T> pad,
+                                            GradCoefficients<acc_t<T>> k, int64_t len, T* grad_true,
+                                            T* grad_pred, M* grad_mask) {
+  return backward_span_impl<Loss, T, M, kElementwise, kTrue, kPred, kMask>(
+      loss, yt, yp, mask, w_const, pad, k, len, grad_true, grad_pred, grad_mask);
+}
+#endif
+
+// backward_span_impl for the CPU's instruction set.
+template <class Loss, class T, class M, bool kElementwise, bool kTrue, bool kPred, bool kMask>
 acc_t<T> backward_span(const Loss& loss, const T* yt, const T* yp, const M* mask, acc_t<T> w_const,
                        acc_t<T> pad, GradCoefficients<acc_t<T>> k, int64_t len, T* grad_true,
                        T* grad_pred, M* grad_mask) {
-  using Acc = acc_t<T>;
-  Acc row[kLanes] = {};
-  auto step = [&](int64_t i, int l) {
-    const Acc t = to_acc(yt[i]);
-    const Acc p = to_acc(yp[i]);
-    Acc w = w_const;
-    bool keep = t != pad;
-    if constexpr (kElementwise && std::is_same<M, bool>::value) {
-      keep &= reinterpret_cast<const uint8_t*>(mask)[i] != 0;
-    } else if constexpr (kElementwise) {
-      w = to_acc(mask[i]);
-      keep &= w != Acc(0);
-    } else {
-      keep &= w != Acc(0);
-    }
-    const Acc aw = k.times_weight(w);
-    if (kTrue) grad_true[i] = from_acc<T>(select_or_zero(keep, aw * loss.grad_true(t, p)));
-    if (kPred) grad_pred[i] = from_acc<T>(select_or_zero(keep, aw * loss.grad_pred(t, p)));
-    if constexpr (kMask) {
-      const Acc gw = select_or_zero(keep, k.weight_gradient(loss.value(t, p)));
-      if (kElementwise) {
-        grad_mask[i] = from_acc<M>(gw);
-      } else {
-        row[l] += gw;
-      }
-    }
-  };
-  int64_t i = 0;
-  for (; i + kLanes <= len; i += kLanes) {
-    MO_SIMD_LANES
-    for (int l = 0; l < kLanes; ++l) step(i + l, l);
+#if defined(MO_CPU_DISPATCH)
+  switch (cpu_isa()) {
+    case Isa::kAvx512:
+      return backward_span_avx512<Loss, T, M, kElementwise, kTrue, kPred, kMask>(
+          loss, yt, yp, mask, w_const, pad, k, len, grad_true, grad_pred, grad_mask);
+    case Isa::kAvx2:
+      return backward_span_avx2<Loss, T, M, kElementwise, kTrue, kPred, kMask>(
+          loss, yt, yp, mask, w_const, pad, k, len, grad_true, grad_pred, grad_mask);
+    case Isa::kBaseline:
+      break;
   }
-  for (int l = 0; i < len; ++i, ++l) step(i, l);
-  Acc total = Acc(0);
-  for (int l = 0; l < kLanes; ++l) total += row[l];
-  return total;
+#endif
+  return backward_span_impl<Loss, T, M, kElementwise, kTrue, kPred, kMask>(
+      loss, yt, yp, mask, w_const, pad, k, len, grad_true, grad_pred, grad_mask);
 }
 
 // Gradients of y_true/y_pred (no mask gradient) of the elements [begin, end)

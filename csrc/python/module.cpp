@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "../kernels/cpu_isa.h"
 #include "binding_common.h"
 #include "entry_points.h"
 
@@ -47,6 +48,8 @@ computed on several threads without the GIL:
            want_mask=False, *, loss_name="squared_error", params=())
       -> (grad_y_true, grad_y_pred, grad_mask), None where not wanted
   set_num_threads(n), get_num_threads()
+  cpu_isa() -> "baseline" | "avx2" | "avx512": the instruction set the host
+      kernels run (same bits at every level; MASKED_OPS_CPU_ISA lowers it)
 
 CUDA (any object with __cuda_array_interface__, C-contiguous, aligned to its
 element size, on the current device; asynchronous, nothing is synchronized):
@@ -111,6 +114,9 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("set_num_threads", &b::set_num_threads, arg("n"),
         "Most threads a host call uses (results do not depend on it).");
   m.def("get_num_threads", &b::get_num_threads);
+  m.def(
+      "cpu_isa", [] { return std::string(masked_ops::cpu::isa_name(masked_ops::cpu::cpu_isa())); },
+      "Instruction set the host kernels run: baseline (AVX), avx2 or avx512.");
   m.def("forward_workspace_bytes", &b::forward_workspace_bytes, arg("n"),
         "Workspace bytes forward_cuda needs for n elements (on any device).");
   m.def("backward_workspace_bytes", &b::backward_workspace_bytes, arg("n"), arg("mask_n"),
