@@ -559,6 +559,12 @@ def format_loss_table(loss, device, rows, memory):
             notes.append(f"{direction} {some['fastest_peer']} {_fmt_time(some['fastest_peer_s'])}")
     if notes:
         lines.append("fastest peer: " + "; ".join(notes))
+    one, two = mine.get(("fused/graph", "fwd+bwd"), {}), mine.get(("two_pass/graph", "fwd+bwd"), {})
+    if one.get("median_s") and two.get("median_s"):
+        lines.append(
+            f"fwd+bwd in one pass (fused/graph) vs the two-pass ops: "
+            f"{two['median_s'] / one['median_s']:.2f}x"
+        )
     read = mine.get(("ceiling/read", "fwd"), {})
     if read.get("read_gbps"):
         lines.append(

@@ -14,14 +14,22 @@ import numpy as np
 import tensorflow as tf
 
 import masked_ops
-from masked_ops import reference, specs
+from masked_ops import ops, reference, specs
 
 MODES = ("eager", "graph", "xla")
 DIRECTIONS = ("fwd", "fwd+bwd")
-IMPLS = ("fused", "handwritten", "keras", "reference")
+# two_pass: the fused ops without the one-pass training-step op (the forward
+# op, then the gradient op), to show what the one pass gains.
+IMPLS = ("fused", "two_pass", "handwritten", "keras", "reference")
 PEERS = ("handwritten", "keras", "reference")
 # Keras's losses are benchmarked as they run in a compiled training step.
-IMPL_MODES = {"fused": MODES, "handwritten": MODES, "keras": ("graph", "xla"), "reference": MODES}
+IMPL_MODES = {
+    "fused": MODES,
+    "two_pass": ("graph",),
+    "handwritten": MODES,
+    "keras": ("graph", "xla"),
+    "reference": MODES,
+}
 CEILINGS = ("read", "read+write")
 COMPUTE_PASSES = ("log", "exp")
 
@@ -121,6 +129,9 @@ class Loss:
 
     def reference(self, t, p, mask):
         return reference.masked_loss(self.spec, t, p, mask, None, "mean", self.params)[0]
+
+    def two_pass(self, t, p, mask):
+        return ops.fused(self.spec, t, p, mask, None, "mean", self.params)[0]
 
 
 LOSSES = {

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DIRECTIONS = ("fwd", "fwd+bwd")
-COLORS = {"fused": "C0", "handwritten": "C2", "keras": "C1", "reference": "C7"}
+COLORS = {"fused": "C0", "two_pass": "C9", "handwritten": "C2", "keras": "C1", "reference": "C7"}
 STYLES = {"eager": ":", "graph": "--", "xla": "-"}
 MARKERS = {"eager": "o", "graph": "s", "xla": "^"}
 # Results files that are not benchmark runs of this script.

@@ -12,10 +12,12 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <type_traits>
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#include <emmintrin.h>
 #include <xmmintrin.h>
 #define MO_CPU_X86 1
 #endif
@@ -34,6 +36,10 @@ namespace cpu {
 constexpr int64_t kChunk = int64_t(1) << 16;
 constexpr int64_t kBlock = 1024;
 constexpr int kLanes = 16;
+// Gradients at least this large are written with streaming (non-temporal)
+// stores: they do not fit in the caches anyway, and a plain store first reads
+// each line it writes, which is a third of a training step's traffic.
+constexpr size_t kStreamingBytes = size_t(16) << 20;
 
 // Runs fn(first, last) over task indices [0, num_tasks), possibly on several
 // threads; elements_per_task is a cost hint. The adapter supplies it (TF's
@@ -108,6 +114,38 @@ namespace detail {
 template <typename P>
 P* offset(P* p, int64_t i) {
   return p != nullptr ? p + i : nullptr;
+}
+
+// Writes a group of kLanes values; `stream`: with non-temporal stores (dst
+// 16-byte aligned). Same bits either way.
+template <class T>
+inline void store_group(T* dst, const T* src, bool stream) {
+  constexpr size_t kBytes = sizeof(T) * kLanes;
+#if defined(MO_CPU_X86)
+  static_assert(kBytes % 16 == 0, "a group is whole 16-byte vectors");
+  if (stream) {
+    for (size_t b = 0; b < kBytes; b += 16) {
+      _mm_stream_si128(reinterpret_cast<__m128i*>(reinterpret_cast<char*>(dst) + b),
+                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(
+                           reinterpret_cast<const char*>(src) + b)));
+    }
+    return;
+  }
+#endif
+  std::memcpy(dst, src, kBytes);
+}
+
+// Orders a thread's streaming stores before whatever reads them next.
+inline void end_streaming_stores() {
+#if defined(MO_CPU_X86)
+  _mm_sfence();
+#endif
+}
+
+// Whether gradients of n elements are written with streaming stores.
+template <class T>
+bool streaming_output(int64_t n) {
+  return size_t(n) * sizeof(T) >= kStreamingBytes;
 }
 
 // kLanes independent float accumulators, flushed into a double Partial at
@@ -404,7 +442,7 @@ Partial forward_range(const Loss& loss, const MaskedInputs<T, M>& in, int64_t be
 template <class Loss, class T, class M, bool kElementwise, bool kTrue, bool kPred, bool kMask>
 acc_t<T> backward_span_impl(const Loss& loss, const T* yt, const T* yp, const M* mask,
                             acc_t<T> w_const, acc_t<T> pad, GradCoefficients<acc_t<T>> k,
-                            int64_t len, T* grad_true, T* grad_pred, M* grad_mask) {
+                            int64_t len, T* grad_true, T* grad_pred, M* grad_mask, bool stream) {
   using Acc = acc_t<T>;
   if constexpr (kElementwise && std::is_same<M, bool>::value) {
     // Blocks of the boolean mask widened to 0/1 weights (as in accumulate):
@@ -418,11 +456,13 @@ acc_t<T> backward_span_impl(const Loss& loss, const T* yt, const T* yp, const M*
       for (int64_t i = 0; i < n; ++i) flags[i] = bytes[b + i] != 0 ? Acc(1) : Acc(0);
       backward_span_impl<Loss, T, Acc, true, kTrue, kPred, false>(
           loss, yt + b, yp + b, flags, w_const, pad, k, n, offset(grad_true, b),
-          offset(grad_pred, b), nullptr);
+          offset(grad_pred, b), nullptr, stream);
     }
     return Acc(0);
   } else {
     Acc row[kLanes] = {};
+    // A group's gradients are gathered here, then stored (streaming or not).
+    T gt[kLanes], gp[kLanes];
     auto step = [&](int64_t i, int l) {
       const Acc t = to_acc(yt[i]);
       const Acc p = to_acc(yp[i]);
@@ -435,8 +475,8 @@ acc_t<T> backward_span_impl(const Loss& loss, const T* yt, const T* yp, const M*
         keep &= w != Acc(0);
       }
       const Acc aw = k.times_weight(w);
-      if (kTrue) grad_true[i] = from_acc<T>(select_or_zero(keep, aw * loss.grad_true(t, p)));
-      if (kPred) grad_pred[i] = from_acc<T>(select_or_zero(keep, aw * loss.grad_pred(t, p)));
+      if (kTrue) gt[l] = from_acc<T>(select_or_zero(keep, aw * loss.grad_true(t, p)));
+      if (kPred) gp[l] = from_acc<T>(select_or_zero(keep, aw * loss.grad_pred(t, p)));
       if constexpr (kMask) {
         const Acc gw = select_or_zero(keep, k.weight_gradient(loss.value(t, p)));
         if (kElementwise) {
@@ -446,12 +486,20 @@ acc_t<T> backward_span_impl(const Loss& loss, const T* yt, const T* yp, const M*
         }
       }
     };
+    const bool stream_true = kTrue && stream && reinterpret_cast<uintptr_t>(grad_true) % 16 == 0;
+    const bool stream_pred = kPred && stream && reinterpret_cast<uintptr_t>(grad_pred) % 16 == 0;
     int64_t i = 0;
     for (; i + kLanes <= len; i += kLanes) {
       MO_SIMD_LANES
       for (int l = 0; l < kLanes; ++l) step(i + l, l);
+      if (kTrue) store_group(grad_true + i, gt, stream_true);
+      if (kPred) store_group(grad_pred + i, gp, stream_pred);
     }
-    for (int l = 0; i < len; ++i, ++l) step(i, l);
+    for (int l = 0; i + l < len; ++l) step(i + l, l);
+    for (int l = 0; i + l < len; ++l) {
+      if (kTrue) grad_true[i + l] = gt[l];
+      if (kPred) grad_pred[i + l] = gp[l];
+    }
     Acc total = Acc(0);
     for (int l = 0; l < kLanes; ++l) total += row[l];
     return total;
@@ -463,17 +511,17 @@ template <class Loss, class T, class M, bool kElementwise, bool kTrue, bool kPre
 MO_CPU_AVX2 acc_t<T> backward_span_avx2(const Loss& loss, const T* yt, const T* yp, const M* mask,
                                         acc_t<T> w_const, acc_t<T> pad,
                                         GradCoefficients<acc_t<T>> k, int64_t len, T* grad_true,
-                                        T* grad_pred, M* grad_mask) {
+                                        T* grad_pred, M* grad_mask, bool stream) {
   return backward_span_impl<Loss, T, M, kElementwise, kTrue, kPred, kMask>(
-      loss, yt, yp, mask, w_const, pad, k, len, grad_true, grad_pred, grad_mask);
+      loss, yt, yp, mask, w_const, pad, k, len, grad_true, grad_pred, grad_mask, stream);
 }
 template <class Loss, class T, class M, bool kElementwise, bool kTrue, bool kPred, bool kMask>
 MO_CPU_AVX512 acc_t<T> backward_span_avx512(const Loss& loss, const T* yt, const T* yp,
                                             const M* mask, acc_t<T> w_const, acc_t<T> pad,
                                             GradCoefficients<acc_t<T>> k, int64_t len, T* grad_true,
-                                            T* grad_pred, M* grad_mask) {
+                                            T* grad_pred, M* grad_mask, bool stream) {
   return backward_span_impl<Loss, T, M, kElementwise, kTrue, kPred, kMask>(
-      loss, yt, yp, mask, w_const, pad, k, len, grad_true, grad_pred, grad_mask);
+      loss, yt, yp, mask, w_const, pad, k, len, grad_true, grad_pred, grad_mask, stream);
 }
 #endif
 
@@ -481,21 +529,21 @@ MO_CPU_AVX512 acc_t<T> backward_span_avx512(const Loss& loss, const T* yt, const
 template <class Loss, class T, class M, bool kElementwise, bool kTrue, bool kPred, bool kMask>
 acc_t<T> backward_span(const Loss& loss, const T* yt, const T* yp, const M* mask, acc_t<T> w_const,
                        acc_t<T> pad, GradCoefficients<acc_t<T>> k, int64_t len, T* grad_true,
-                       T* grad_pred, M* grad_mask) {
+                       T* grad_pred, M* grad_mask, bool stream = false) {
 #if defined(MO_CPU_DISPATCH)
   switch (cpu_isa()) {
     case Isa::kAvx512:
       return backward_span_avx512<Loss, T, M, kElementwise, kTrue, kPred, kMask>(
-          loss, yt, yp, mask, w_const, pad, k, len, grad_true, grad_pred, grad_mask);
+          loss, yt, yp, mask, w_const, pad, k, len, grad_true, grad_pred, grad_mask, stream);
     case Isa::kAvx2:
       return backward_span_avx2<Loss, T, M, kElementwise, kTrue, kPred, kMask>(
-          loss, yt, yp, mask, w_const, pad, k, len, grad_true, grad_pred, grad_mask);
+          loss, yt, yp, mask, w_const, pad, k, len, grad_true, grad_pred, grad_mask, stream);
     case Isa::kBaseline:
       break;
   }
 #endif
   return backward_span_impl<Loss, T, M, kElementwise, kTrue, kPred, kMask>(
-      loss, yt, yp, mask, w_const, pad, k, len, grad_true, grad_pred, grad_mask);
+      loss, yt, yp, mask, w_const, pad, k, len, grad_true, grad_pred, grad_mask, stream);
 }
 
 // Gradients of y_true/y_pred (no mask gradient) of the elements [begin, end)
@@ -503,7 +551,7 @@ acc_t<T> backward_span(const Loss& loss, const T* yt, const T* yp, const M* mask
 // same bits.
 template <class Loss, class T, class M, bool kTrue, bool kPred>
 void backward_range(const Loss& loss, const MaskedInputs<T, M>& in, GradCoefficients<acc_t<T>> k,
-                    int64_t begin, int64_t end, T* grad_true, T* grad_pred) {
+                    int64_t begin, int64_t end, T* grad_true, T* grad_pred, bool stream) {
   using Acc = acc_t<T>;
   const Acc pad = Acc(in.padding_value);
   const int64_t inner = in.inner();
@@ -522,7 +570,7 @@ void backward_range(const Loss& loss, const MaskedInputs<T, M>& in, GradCoeffici
         }
         backward_span<Loss, T, W, true, kTrue, kPred, false>(
             loss, targets(in, b, len, labels), in.y_pred + b, combined, Acc(1), pad, k, len,
-            offset(grad_true, b), offset(grad_pred, b), nullptr);
+            offset(grad_true, b), offset(grad_pred, b), nullptr, stream);
       }
     };
     if (std::is_same<M, bool>::value && in.extra.all_bool()) {
@@ -536,7 +584,7 @@ void backward_range(const Loss& loss, const MaskedInputs<T, M>& in, GradCoeffici
     for_target_blocks(in, begin, end, [&](int64_t pos, int64_t len, const T* yt) {
       backward_span<Loss, T, M, true, kTrue, kPred, false>(
           loss, yt, in.y_pred + pos, in.mask + pos, Acc(1), pad, k, len, offset(grad_true, pos),
-          offset(grad_pred, pos), nullptr);
+          offset(grad_pred, pos), nullptr, stream);
     });
     return;
   }
@@ -549,7 +597,7 @@ void backward_range(const Loss& loss, const MaskedInputs<T, M>& in, GradCoeffici
       expand_rows(in.mask, inner, b, len, expanded);
       backward_span<Loss, T, M, true, kTrue, kPred, false>(
           loss, targets(in, b, len, labels), in.y_pred + b, expanded, Acc(1), pad, k, len,
-          offset(grad_true, b), offset(grad_pred, b), nullptr);
+          offset(grad_true, b), offset(grad_pred, b), nullptr, stream);
     }
     return;
   }
@@ -559,7 +607,7 @@ void backward_range(const Loss& loss, const MaskedInputs<T, M>& in, GradCoeffici
     for_target_blocks(in, pos, seg_end, [&](int64_t at, int64_t len, const T* yt) {
       backward_span<Loss, T, M, false, kTrue, kPred, false>(loss, yt, in.y_pred + at, nullptr, w,
                                                             pad, k, len, offset(grad_true, at),
-                                                            offset(grad_pred, at), nullptr);
+                                                            offset(grad_pred, at), nullptr, stream);
     });
     pos = seg_end;
   }
@@ -572,12 +620,14 @@ void backward_tasks(const Loss& loss, const MaskedInputs<T, M>& in, GradCoeffici
   const Acc pad = Acc(in.padding_value);
   const int64_t n = in.n;
   const int64_t inner = in.inner();
+  const bool stream = streaming_output<T>(n);
   if constexpr (!kMask) {
     parallel_for(num_chunks(n), kChunk, [&](int64_t first, int64_t last) {
       for (int64_t c = first; c < last; ++c) {
         backward_range<Loss, T, M, kTrue, kPred>(
-            loss, in, k, c * kChunk, std::min(n, (c + 1) * kChunk), grad_true, grad_pred);
+            loss, in, k, c * kChunk, std::min(n, (c + 1) * kChunk), grad_true, grad_pred, stream);
       }
+      end_streaming_stores();
     });
   } else if (in.mask != nullptr && inner == 1) {
     parallel_for(num_chunks(n), kChunk, [&](int64_t first, int64_t last) {
@@ -587,9 +637,10 @@ void backward_tasks(const Loss& loss, const MaskedInputs<T, M>& in, GradCoeffici
             in, b, std::min(n, b + kChunk), [&](int64_t pos, int64_t len, const T* yt) {
               backward_span<Loss, T, M, true, kTrue, kPred, kMask>(
                   loss, yt, in.y_pred + pos, in.mask + pos, Acc(1), pad, k, len,
-                  offset(grad_true, pos), offset(grad_pred, pos), offset(grad_mask, pos));
+                  offset(grad_true, pos), offset(grad_pred, pos), offset(grad_mask, pos), stream);
             });
       }
+      end_streaming_stores();
     });
   } else {
     // The row sums of the mask gradient need whole rows per task.
@@ -609,10 +660,11 @@ void backward_tasks(const Loss& loss, const MaskedInputs<T, M>& in, GradCoeffici
           const int64_t len = std::min(kBlock, end - b);
           g += double(backward_span<Loss, T, M, false, kTrue, kPred, kMask>(
               loss, targets(in, b, len, labels), in.y_pred + b, nullptr, weight(row), pad, k, len,
-              offset(grad_true, b), offset(grad_pred, b), nullptr));
+              offset(grad_true, b), offset(grad_pred, b), nullptr, stream));
         }
         grad_mask[row] = from_acc<M>(acc_t<T>(g));
       }
+      end_streaming_stores();
     });
   }
 }
@@ -774,6 +826,7 @@ Status forward_backward(const Loss& loss_fn, const MaskedInputs<T, M>& in, Reduc
   // As backward() computes them for upstream (1, 0, 0): the forward's
   // weight_sum output is the count rounded to Acc.
   const auto k = grad_coefficients(Acc(1), Acc(0), Acc(0), Acc(0), Acc(double(kept)), reduction);
+  const bool stream = detail::streaming_output<T>(in.n);
   auto run = [&](auto kTrue, auto kPred) {
     guarded(chunks, kChunk, [&](int64_t first, int64_t last) {
       for (int64_t c = first; c < last; ++c) {
@@ -782,9 +835,10 @@ Status forward_backward(const Loss& loss_fn, const MaskedInputs<T, M>& in, Reduc
         partials[c] = detail::forward_range(loss_fn, in, begin, end);
         if (kTrue || kPred) {
           detail::backward_range<Loss, T, M, kTrue, kPred>(loss_fn, in, k, begin, end, grad_true,
-                                                           grad_pred);
+                                                           grad_pred, stream);
         }
       }
+      detail::end_streaming_stores();
     });
   };
   if (grad_true != nullptr && grad_pred != nullptr) {

@@ -1,4 +1,6 @@
-"""The host kernels run clones compiled for AVX2 and AVX-512 where the CPU has
+"""Host-kernel code paths chosen at run time.
+
+The host kernels run clones compiled for AVX2 and AVX-512 where the CPU has
 them (csrc/kernels/cpu_isa.h). Every level must give the same bits: each
 level runs in its own process (MASKED_OPS_CPU_ISA is read once) on the same
 inputs, for every loss of the table, the mask kinds with their own code paths
@@ -7,11 +9,13 @@ backward and the one-pass forward_backward; the digests must agree (on a
 CPU with AVX only, every process runs the baseline)."""
 
 import glob
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,3 +112,74 @@ def test_every_instruction_set_gives_the_same_bits():
 
 def test_an_unknown_level_keeps_the_detected_one():
     assert run_level("not-an-isa")["isa"] == run_level("avx512")["isa"]
+
+
+def load_binding():
+    spec = importlib.util.spec_from_file_location("_kernels", binding_path())
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "float"])
+def test_streaming_stores_give_the_same_gradients(mask_kind):
+    """Gradients of 16 MiB and more are written with streaming stores
+    (kStreamingBytes in masked_loss_cpu.h); the same backward over slices
+    below that size uses plain stores and must give the same bits. The view
+    starts 4 bytes into its buffer (groups not 16-byte aligned: plain stores
+    there too) in the second case."""
+    k = load_binding()
+    rng = np.random.default_rng(3)
+    n = (1 << 22) + 37  # float32: just over 16 MiB, with a ragged tail
+    for start in (0, 1):
+        y_true = rng.standard_normal(n + start).astype(np.float32)[start:]
+        y_pred = rng.standard_normal(n + start).astype(np.float32)[start:]
+        if mask_kind == "bool":
+            mask = rng.random(n) < 0.7
+        else:
+            mask = np.where(rng.random(n) < 0.3, 0.0, rng.random(n)).astype(np.float32)
+        want_mask = mask_kind == "float"
+        loss, _, weight_sum, _ = k.forward(y_true, y_pred, mask)
+        args = (1.25, 0.5, -0.25)
+        whole = k.backward(
+            *args, y_true, y_pred, mask, None, loss, weight_sum, "mean", True, True, want_mask
+        )
+        cuts = np.linspace(0, n, 5).astype(int)
+        parts = [
+            k.backward(
+                *args,
+                y_true[a:b].copy(),
+                y_pred[a:b].copy(),
+                mask[a:b].copy(),
+                None,
+                loss,
+                weight_sum,
+                "mean",
+                True,
+                True,
+                want_mask,
+            )
+            for a, b in zip(cuts[:-1], cuts[1:], strict=True)
+        ]
+        for index in range(3 if want_mask else 2):
+            joined = np.concatenate([p[index] for p in parts])
+            assert np.array_equal(whole[index].view(np.uint32), joined.view(np.uint32))
+        if mask_kind == "bool":
+            one_pass = k.forward_backward(y_true, y_pred, mask, "mean", True, True)
+            unit = k.backward(
+                1.0,
+                0.0,
+                0.0,
+                y_true,
+                y_pred,
+                mask,
+                None,
+                loss,
+                weight_sum,
+                "mean",
+                True,
+                True,
+                False,
+            )
+            for a, b in zip(one_pass[4:], unit[:2], strict=True):
+                assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
