@@ -389,3 +389,38 @@ def test_long_prefix_row_mask_gradient_is_accurate():
     exact = float(np.sum(v - v.mean()))  # d loss / d w of a 0-d weight
     # Relative to the terms' size, as the forward's float32 blocks bound it.
     assert abs(got - exact) <= 1e-6 * float(np.sum(np.abs(v)))
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["op", "xla"])
+@pytest.mark.parametrize("mask_shape", [(), (4,)], ids=["0-d", "prefix"])
+def test_row_mask_gradient_is_finite_when_weight_sum_is_subnormal(mask_shape, jit):
+    """A row's mask gradient with subnormal weights: weight_sum is rescaled by
+    2^64, and each element's term scaled back alone overflows float32 (+-inf,
+    NaN once summed) although the row's sum of them does not; the terms are
+    summed first."""
+    rng = np.random.default_rng(5)
+    # Every row holds the same values (shuffled): each row's terms, up to
+    # +-3e39, add up to about 0.
+    row = 100.0 * rng.standard_normal(250)
+    t = np.stack([rng.permutation(row) for _ in range(4)]).astype(np.float32)
+    p = np.zeros_like(t)
+    w = np.full(mask_shape, 3.2e-39, np.float32)
+
+    def mask_gradient(t, p, w):
+        with tf.GradientTape() as tape:
+            tape.watch(w)
+            loss = masked_ops.masked_mse(t, p, w)
+        return tape.gradient(loss, w)
+
+    fn = tf.function(mask_gradient, jit_compile=True) if jit else mask_gradient
+    got = fn(tf.constant(t), tf.constant(p), tf.constant(w)).numpy().astype(np.float64)
+    v = t.astype(np.float64) ** 2
+    w64 = np.broadcast_to(
+        w.astype(np.float64).reshape(mask_shape + (1,) * (2 - len(mask_shape))), v.shape
+    )
+    weight_sum = w64.sum()
+    terms = (v - (w64 * v).sum() / weight_sum) / weight_sum
+    exact = terms.sum() if mask_shape == () else terms.sum(axis=1)
+    assert np.all(np.isfinite(got)), got
+    # Relative to the terms' size, as float32 sums bound it.
+    assert np.all(np.abs(got - exact) <= 1e-5 * np.abs(terms).sum())

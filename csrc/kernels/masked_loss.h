@@ -215,6 +215,11 @@ struct GradCoefficients {
 
   MO_HD Acc times_weight(Acc w) const { return a * (w * scale); }
   MO_HD Acc weight_gradient(Acc value) const { return (a * value + b) * scale + c; }
+  // The same in double, for terms that are summed into a row's mask gradient:
+  // scaled in Acc one by one they could overflow although their sum does not.
+  MO_HD double weight_gradient_term(Acc value) const {
+    return double(a * value + b) * double(scale) + double(c);
+  }
 };
 
 template <typename Acc>

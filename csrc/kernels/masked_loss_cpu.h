@@ -440,9 +440,9 @@ Partial forward_range(const Loss& loss, const MaskedInputs<T, M>& in, int64_t be
 // for an elementwise float mask, grad_mask; for a prefix mask returns the sum
 // of the mask gradient over the span (the caller owns whole rows).
 template <class Loss, class T, class M, bool kElementwise, bool kTrue, bool kPred, bool kMask>
-acc_t<T> backward_span_impl(const Loss& loss, const T* yt, const T* yp, const M* mask,
-                            acc_t<T> w_const, acc_t<T> pad, GradCoefficients<acc_t<T>> k,
-                            int64_t len, T* grad_true, T* grad_pred, M* grad_mask, bool stream) {
+double backward_span_impl(const Loss& loss, const T* yt, const T* yp, const M* mask,
+                          acc_t<T> w_const, acc_t<T> pad, GradCoefficients<acc_t<T>> k, int64_t len,
+                          T* grad_true, T* grad_pred, M* grad_mask, bool stream) {
   using Acc = acc_t<T>;
   if constexpr (kElementwise && std::is_same<M, bool>::value) {
     // Blocks of the boolean mask widened to 0/1 weights (as in accumulate):
@@ -458,9 +458,10 @@ acc_t<T> backward_span_impl(const Loss& loss, const T* yt, const T* yp, const M*
           loss, yt + b, yp + b, flags, w_const, pad, k, n, offset(grad_true, b),
           offset(grad_pred, b), nullptr, stream);
     }
-    return Acc(0);
+    return 0.0;
   } else {
     Acc row[kLanes] = {};
+    Acc kept[kLanes] = {};  // exact: at most kBlock per lane on the row path
     // A group's gradients are gathered here, then stored (streaming or not).
     T gt[kLanes], gp[kLanes];
     auto step = [&](int64_t i, int l) {
@@ -478,11 +479,12 @@ acc_t<T> backward_span_impl(const Loss& loss, const T* yt, const T* yp, const M*
       if (kTrue) gt[l] = from_acc<T>(select_or_zero(keep, aw * loss.grad_true(t, p)));
       if (kPred) gp[l] = from_acc<T>(select_or_zero(keep, aw * loss.grad_pred(t, p)));
       if constexpr (kMask) {
-        const Acc gw = select_or_zero(keep, k.weight_gradient(loss.value(t, p)));
+        const Acc value = loss.value(t, p);
         if (kElementwise) {
-          grad_mask[i] = from_acc<M>(gw);
+          grad_mask[i] = from_acc<M>(select_or_zero(keep, k.weight_gradient(value)));
         } else {
-          row[l] += gw;
+          row[l] += select_or_zero(keep, k.a * value + k.b);
+          kept[l] += select_or_zero(keep, Acc(1));
         }
       }
     };
@@ -500,26 +502,32 @@ acc_t<T> backward_span_impl(const Loss& loss, const T* yt, const T* yp, const M*
       if (kTrue) grad_true[i + l] = gt[l];
       if (kPred) grad_pred[i + l] = gp[l];
     }
-    Acc total = Acc(0);
-    for (int l = 0; l < kLanes; ++l) total += row[l];
-    return total;
+    // The row's terms a * value + b are added before they are scaled (by 2^64
+    // when weight_sum is subnormal): scaled one by one they could overflow
+    // float although their sum, often near 0, does not.
+    Acc total = Acc(0), count = Acc(0);
+    for (int l = 0; l < kLanes; ++l) {
+      total += row[l];
+      count += kept[l];
+    }
+    return double(total) * double(k.scale) + double(k.c) * double(count);
   }
 }
 
 #if defined(MO_CPU_DISPATCH)
 template <class Loss, class T, class M, bool kElementwise, bool kTrue, bool kPred, bool kMask>
-MO_CPU_AVX2 acc_t<T> backward_span_avx2(const Loss& loss, const T* yt, const T* yp, const M* mask,
-                                        acc_t<T> w_const, acc_t<T> pad,
-                                        GradCoefficients<acc_t<T>> k, int64_t len, T* grad_true,
-                                        T* grad_pred, M* grad_mask, bool stream) {
+MO_CPU_AVX2 double backward_span_avx2(const Loss& loss, const T* yt, const T* yp, const M* mask,
+                                      acc_t<T> w_const, acc_t<T> pad, GradCoefficients<acc_t<T>> k,
+                                      int64_t len, T* grad_true, T* grad_pred, M* grad_mask,
+                                      bool stream) {
   return backward_span_impl<Loss, T, M, kElementwise, kTrue, kPred, kMask>(
       loss, yt, yp, mask, w_const, pad, k, len, grad_true, grad_pred, grad_mask, stream);
 }
 template <class Loss, class T, class M, bool kElementwise, bool kTrue, bool kPred, bool kMask>
-MO_CPU_AVX512 acc_t<T> backward_span_avx512(const Loss& loss, const T* yt, const T* yp,
-                                            const M* mask, acc_t<T> w_const, acc_t<T> pad,
-                                            GradCoefficients<acc_t<T>> k, int64_t len, T* grad_true,
-                                            T* grad_pred, M* grad_mask, bool stream) {
+MO_CPU_AVX512 double backward_span_avx512(const Loss& loss, const T* yt, const T* yp, const M* mask,
+                                          acc_t<T> w_const, acc_t<T> pad,
+                                          GradCoefficients<acc_t<T>> k, int64_t len, T* grad_true,
+                                          T* grad_pred, M* grad_mask, bool stream) {
   return backward_span_impl<Loss, T, M, kElementwise, kTrue, kPred, kMask>(
       loss, yt, yp, mask, w_const, pad, k, len, grad_true, grad_pred, grad_mask, stream);
 }
@@ -527,9 +535,9 @@ MO_CPU_AVX512 acc_t<T> backward_span_avx512(const Loss& loss, const T* yt, const
 
 // backward_span_impl for the CPU's instruction set.
 template <class Loss, class T, class M, bool kElementwise, bool kTrue, bool kPred, bool kMask>
-acc_t<T> backward_span(const Loss& loss, const T* yt, const T* yp, const M* mask, acc_t<T> w_const,
-                       acc_t<T> pad, GradCoefficients<acc_t<T>> k, int64_t len, T* grad_true,
-                       T* grad_pred, M* grad_mask, bool stream = false) {
+double backward_span(const Loss& loss, const T* yt, const T* yp, const M* mask, acc_t<T> w_const,
+                     acc_t<T> pad, GradCoefficients<acc_t<T>> k, int64_t len, T* grad_true,
+                     T* grad_pred, M* grad_mask, bool stream = false) {
 #if defined(MO_CPU_DISPATCH)
   switch (cpu_isa()) {
     case Isa::kAvx512:
@@ -658,9 +666,9 @@ void backward_tasks(const Loss& loss, const MaskedInputs<T, M>& in, GradCoeffici
         T labels[kBlock];
         for (int64_t b = row * inner, end = (row + 1) * inner; b < end; b += kBlock) {
           const int64_t len = std::min(kBlock, end - b);
-          g += double(backward_span<Loss, T, M, false, kTrue, kPred, kMask>(
+          g += backward_span<Loss, T, M, false, kTrue, kPred, kMask>(
               loss, targets(in, b, len, labels), in.y_pred + b, nullptr, weight(row), pad, k, len,
-              offset(grad_true, b), offset(grad_pred, b), nullptr, stream));
+              offset(grad_true, b), offset(grad_pred, b), nullptr, stream);
         }
         grad_mask[row] = from_acc<M>(acc_t<T>(g));
       }

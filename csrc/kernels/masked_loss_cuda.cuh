@@ -754,7 +754,7 @@ __global__ void __launch_bounds__(kThreads)
         if (grad_pred != nullptr) {
           grad_pred[i] = store_as<T>(keep ? aw * loss.grad_pred(t, p) : Acc(0));
         }
-        total += keep ? double(k.weight_gradient(loss.value(t, p))) : 0.0;
+        total += keep ? k.weight_gradient_term(loss.value(t, p)) : 0.0;
       }
     }
     for (int offset = group / 2; offset > 0; offset /= 2) {

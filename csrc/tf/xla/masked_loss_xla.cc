@@ -153,12 +153,13 @@ xla::XlaOp SumAll(tf::XlaOpKernelContext* ctx, xla::XlaOp x, xla::PrimitiveType 
   return xla::ConvertElementType(total, xla::F32);
 }
 
-xla::XlaOp SumToMask(tf::XlaOpKernelContext* ctx, xla::XlaOp x, const Prepared& in) {
+xla::XlaOp SumToMask(tf::XlaOpKernelContext* ctx, xla::XlaOp x, const Prepared& in,
+                     xla::PrimitiveType type) {
   std::vector<int64_t> inner;
   for (int64_t i = in.mask_rank; i < static_cast<int64_t>(in.dims.size()); ++i) inner.push_back(i);
   if (inner.empty()) return x;
-  return xla::Reduce(x, xla::Zero(ctx->builder(), in.acc),
-                     xla::CreateScalarAddComputation(in.acc, ctx->builder()), inner);
+  return xla::Reduce(x, xla::Zero(ctx->builder(), type),
+                     xla::CreateScalarAddComputation(type, ctx->builder()), inner);
 }
 
 namespace {

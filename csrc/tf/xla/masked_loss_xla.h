@@ -60,8 +60,10 @@ absl::Status ReadAttrs(tf::OpKernelConstruction* ctx, bool* is_sum, bool* has_pa
 // Sum over all elements of `x` (of type `type`).
 xla::XlaOp SumAll(tf::XlaOpKernelContext* ctx, xla::XlaOp x, xla::PrimitiveType type);
 
-// Sums `x` (inputs' shape) over the trailing dims each mask entry covers.
-xla::XlaOp SumToMask(tf::XlaOpKernelContext* ctx, xla::XlaOp x, const Prepared& in);
+// Sums `x` (inputs' shape, element type `type`) over the trailing dims each
+// mask entry covers.
+xla::XlaOp SumToMask(tf::XlaOpKernelContext* ctx, xla::XlaOp x, const Prepared& in,
+                     xla::PrimitiveType type);
 
 // The loss functor with its parameters, which must be compile-time constants.
 template <class Loss>
@@ -164,9 +166,18 @@ class MaskedLossGradXlaOp : public tf::XlaOpKernel {
     ctx->SetOutput(1, want_pred_ ? element_grad(loss_fn.grad_pred(t, p).op()) : Empty(ctx, t_type));
     const xla::PrimitiveType m_type = ctx->input_xla_type(5);
     if (want_mask_) {
-      const xla::XlaOp per_element =
-          xla::Select(in.keep, (a * loss_fn.value(t, p).op() + b) * scale + c, in.zeros);
-      ctx->SetOutput(2, xla::ConvertElementType(SumToMask(ctx, per_element, in), m_type));
+      const xla::XlaOp value = loss_fn.value(t, p).op();
+      xla::XlaOp grad_mask;
+      if (in.mask_rank < static_cast<int64_t>(in.dims.size())) {
+        // Terms of a row's sum in f64, as the kernels (weight_gradient_term):
+        // scaled one by one in Acc they could overflow although their sum does not.
+        auto wide = [](xla::XlaOp x) { return xla::ConvertElementType(x, xla::F64); };
+        const xla::XlaOp term = wide(a * value + b) * wide(scale) + wide(c);
+        grad_mask = SumToMask(ctx, xla::Select(in.keep, term, xla::ZerosLike(term)), in, xla::F64);
+      } else {
+        grad_mask = xla::Select(in.keep, (a * value + b) * scale + c, in.zeros);
+      }
+      ctx->SetOutput(2, xla::ConvertElementType(grad_mask, m_type));
     } else {
       ctx->SetOutput(2, Empty(ctx, m_type));
     }
