@@ -13,9 +13,9 @@
 // tile's max first, from L1, then one exp per element), so there is one exp
 // per element and no second pass over the row. Lane sums are float32 for
 // 16-bit and float32 inputs within a tile and double across tiles, so the
-// rounding error is bounded by the tile, not by V. The row's log-sum-exp
-// (the functor's kRowStats statistics) is written to a small per-row output
-// that the backward reads instead of a second max/sum pass.
+// rounding error is bounded by the tile, not by V. The row's log-sum-exp,
+// as its max and sum (the functor's kRowStats statistics), is written to a
+// small per-row output that the backward reads instead of a second max/sum pass.
 #pragma once
 
 #include <algorithm>
@@ -167,7 +167,7 @@ LogitsRow logits_row(const Loss& loss, const T* x, const T* t, int64_t classes) 
     Acc s[kLanes] = {}, zs[kLanes] = {}, zxs[kLanes] = {};
     auto step = [&](int64_t i, int l) {
       const Acc v = to_acc(xt[i]);
-      s[l] += Loss::softmax(v, new_shift[l]);
+      s[l] += Loss::exp_shifted(v, new_shift[l]);
       if constexpr (kDense) {
         const Acc z = to_acc(t[b + i]) * t_scale + t_offset;
         zs[l] += z;
@@ -210,7 +210,8 @@ double row_forward(const Loss& loss, const T* x, const T* t, int64_t label, int6
   using Acc = acc_t<T>;
   if constexpr (Loss::kFromLogits) {
     const LogitsRow row = logits_row(loss, x, t, classes);
-    stats[0] = Acc(Loss::log_sum_exp(row.max, row.sum_exp));
+    stats[0] = Acc(row.max);  // exact: one of the row's values
+    stats[1] = Acc(row.sum_exp);
     if constexpr (Loss::kSparse) {
       return Loss::row_value(row.max, row.sum_exp, double(to_acc(x[label])));
     } else {
@@ -221,9 +222,8 @@ double row_forward(const Loss& loss, const T* x, const T* t, int64_t label, int6
     tiled_lane_sums<Acc, 1>(classes, &total, [&](int64_t j, int l, Acc(&acc)[1][kLanes]) {
       acc[0][l] += Loss::clipped(to_acc(x[j]));
     });
-    const double log_sum = Loss::log_sum(total);
-    stats[0] = Acc(log_sum);
-    return Loss::row_value(log_sum, double(Loss::clipped(to_acc(x[label]))));
+    stats[0] = Acc(total);
+    return Loss::row_value(total, double(Loss::clipped(to_acc(x[label]))));
   } else {
     // Keras normalizes by the row sum before clipping: the sum first, then
     // the logs of the normalized row (from cache).
@@ -257,22 +257,22 @@ void row_gradient(const Loss& loss, const T* x, const T* t, int64_t label, int64
   const Acc t_scale = loss.template target_scale<Acc>();
   const Acc t_offset = loss.template target_offset<Acc>();
   if constexpr (Loss::kFromLogits && Loss::kSparse) {
-    const Acc lse = stats[0];
+    const Acc max = stats[0], inverse_sum = Acc(1) / stats[1];
     const Acc x_label = to_acc(x[label]);
     MO_SIMD_LANES
     for (int64_t j = 0; j < classes; ++j) {
-      g[j] = from_acc<T>(aw * Loss::grad(to_acc(x[j]), Acc(0), lse));
+      g[j] = from_acc<T>(aw * Loss::grad(to_acc(x[j]), Acc(0), max, inverse_sum));
     }
-    g[label] = from_acc<T>(aw * Loss::grad(x_label, Acc(1), lse));
+    g[label] = from_acc<T>(aw * Loss::grad(x_label, Acc(1), max, inverse_sum));
   } else if constexpr (Loss::kFromLogits) {
-    const Acc lse = stats[0];
+    const Acc max = stats[0], inverse_sum = Acc(1) / stats[1];
     MO_SIMD_LANES
     for (int64_t j = 0; j < classes; ++j) {
       const Acc z = to_acc(t[j]) * t_scale + t_offset;
-      g[j] = from_acc<T>(aw * Loss::grad(to_acc(x[j]), z, lse));
+      g[j] = from_acc<T>(aw * Loss::grad(to_acc(x[j]), z, max, inverse_sum));
     }
   } else if constexpr (Loss::kSparse) {
-    const Acc inverse_sum = Loss::inverse_sum(stats[0]);
+    const Acc inverse_sum = Acc(1) / stats[0];
     const Acc p_label = to_acc(x[label]);
     MO_SIMD_LANES
     for (int64_t j = 0; j < classes; ++j) {

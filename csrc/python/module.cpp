@@ -60,9 +60,11 @@ ignore_class, is not kept (weight 0) and never read; a kept row's label outside
   row_forward(y_true, y_pred, mask=None, *, loss="sparse_categorical_crossentropy",
               from_logits=False, ignore_class=None, label_smoothing=0.0, reduction="mean")
       -> (loss, sum, weight_sum, count, row_stats): row_stats (accumulator dtype,
-      the rows' shape, plus an axis of 2 for categorical_crossentropy from
-      probabilities) is what row_backward reads instead of a second pass: each
-      row's log-sum-exp (0 for rows not kept).
+      the rows' shape plus an axis of 2, except for sparse_categorical_crossentropy
+      from probabilities) is what row_backward reads instead of a second pass
+      (0 for rows not kept): from logits, the row's max M and sum(exp(x - M))
+      (its log-sum-exp is M + log of the sum); from probabilities, the sum of
+      the clipped row (sparse), or the row sum S and Z_in (categorical).
   row_backward(y_true, y_pred, mask, row_stats, loss_value, weight_sum, *, grad_loss=1.0,
                grad_sum=0.0, loss=..., from_logits=..., ignore_class=..., label_smoothing=...,
                reduction=...) -> grad_y_pred (y_pred's shape and dtype)

@@ -34,9 +34,12 @@
 //
 // Per-row statistics the forward writes and the backward reads instead of a
 // second pass over the row (kRowStats values per row, accumulator type):
-// lse(x) for the logits forms, log(sum_j c_j) (the lse of the logits log(c)
-// the sparse op sees) for SparseCategoricalCrossentropy, and (S, Z_in) for
-// CategoricalCrossentropy.
+// the log-sum-exp as (M, sum_j exp(x_j - M)) with M the row's max (lse = M +
+// log(sum)) for the logits forms, sum_j c_j for SparseCategoricalCrossentropy,
+// and (S, Z_in) for CategoricalCrossentropy. Split so that the gradient keeps
+// float32 accuracy: softmax = exp(x - M) / sum as TF computes it; a single
+// float32 lse would carry an absolute error of half an ulp of |lse| into
+// every exp(x - lse) (2e-6 relative for logits around 40).
 #pragma once
 
 #include "../loss_math.h"
@@ -80,18 +83,19 @@ struct RowLossBase {
 // terms of one sign (no cancellation).
 struct FromLogitsBase : RowLossBase {
   static constexpr bool kFromLogits = true;
-  static constexpr int kRowStats = 1;
+  static constexpr int kRowStats = 2;  // M, sum_j exp(x_j - M)
   using RowLossBase::RowLossBase;
 
-  MO_HD static double log_sum_exp(double max, double sum_exp) { return max + math::log(sum_exp); }
+  // The terms of the sums: exp(x - shift) for the running max (or 0) as shift.
   template <typename Acc>
-  MO_HD static Acc softmax(Acc x, Acc lse) {
-    return math::exp(x - lse);
+  MO_HD static Acc exp_shifted(Acc x, Acc shift) {
+    return math::exp(x - shift);
   }
-  // d value / dx for target z, from the row's saved lse.
+  // d value / dx for target z from the row's statistics: softmax(x) - z, with
+  // inverse_sum = 1 / sum_j exp(x_j - M).
   template <typename Acc>
-  MO_HD static Acc grad(Acc x, Acc z, Acc lse) {
-    return softmax(x, lse) - z;
+  MO_HD static Acc grad(Acc x, Acc z, Acc max, Acc inverse_sum) {
+    return exp_shifted(x, max) * inverse_sum - z;
   }
 };
 
@@ -122,14 +126,9 @@ struct SparseCategoricalCrossentropy : RowLossBase {
   static constexpr int kRowStats = 1;
   using RowLossBase::RowLossBase;
 
-  // The row statistic: log of sum_j clip(p_j).
-  MO_HD static double log_sum(double sum_clipped) { return math::log(sum_clipped); }
-  MO_HD static double row_value(double log_sum, double clipped_label) {
-    return log_sum - math::log(clipped_label);
-  }
-  template <typename Acc>
-  MO_HD static Acc inverse_sum(Acc log_sum) {
-    return math::exp(-log_sum);
+  // From the row statistic sum_j clip(p_j).
+  MO_HD static double row_value(double sum_clipped, double clipped_label) {
+    return math::log(sum_clipped) - math::log(clipped_label);
   }
   // d value / dp_j for j != y, and for j == y.
   template <typename Acc>
