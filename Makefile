@@ -55,7 +55,7 @@ fuzz: build
 # directory (never over masked_ops/*.so), then the TensorFlow-free fuzz suite
 # of the binding against that module (TensorFlow does not run under ASan). The
 # sanitizer runtimes are preloaded into Python; CPython's deliberate leaks are
-# not reported.
+# not reported. The row-loss tests run too, but for their Keras comparison.
 SANITIZE_DIR := build/sanitize
 SANITIZE_CXX ?= g++
 SANITIZE_ENV = LD_PRELOAD="$$($(SANITIZE_CXX) -print-file-name=libasan.so) \
@@ -69,7 +69,7 @@ sanitize: setup
 	  -DMASKED_OPS_OUTPUT_DIR=$(abspath $(SANITIZE_DIR))/module
 	$(VENV)/bin/cmake --build $(SANITIZE_DIR) --parallel
 	$(SANITIZE_ENV) $(PY) -c "import _kernels; print('instrumented binding:', _kernels.__file__)"
-	$(SANITIZE_ENV) $(PY) -m pytest tests/test_fuzz_binding.py
+	$(SANITIZE_ENV) $(PY) -m pytest tests/test_fuzz_binding.py tests/test_row_kernels.py -k "not keras"
 
 bench: build
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) benchmarks/bench.py $(BENCH_ARGS)

@@ -446,3 +446,166 @@ def backward(math, fwd, t64, p64, mask_shape, coeffs):
         n, m = t64.size, int(np.prod(mask_shape))
         mask_terms = n // m if m else 0
     return Backward(grad_true, grad_pred, true_scale, pred_scale, grad_mask, mask_scale, mask_terms)
+
+
+# ---------------------------------------------------------------------------
+# Row losses (categorical cross-entropy over the last axis of V classes), as
+# Keras 3 on the TensorFlow backend computes them (see
+# csrc/kernels/losses/categorical_crossentropy.h for the rules). Inputs are
+# 2-D: y_pred (rows, V), sparse labels (rows,) or dense targets (rows, V),
+# and the full weight of each row (rows,) or None.
+
+ROW_EPSILON = 1e-7  # keras.backend.epsilon()
+ROW_LOSSES = (
+    "sparse_categorical_crossentropy",
+    "sparse_categorical_crossentropy_from_logits",
+    "categorical_crossentropy",
+    "categorical_crossentropy_from_logits",
+)
+
+
+def row_loss_kind(name):
+    """(sparse, from_logits) of a row loss of the table."""
+    return name.startswith("sparse_"), name.endswith("_from_logits")
+
+
+def log_sum_exp(x):
+    """Row-wise log(sum(exp(x))) in float64; NaN for rows holding +inf or NaN."""
+    x = np.asarray(x, np.float64)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        m = np.max(x, axis=-1, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0.0)
+        return np.log(np.sum(np.exp(x - m), axis=-1)) + m[..., 0]
+
+
+def smoothed_targets(t64, smoothing, acc):
+    """Keras's t (1 - s) + s / V, with s / V formed in the accumulator dtype
+    (Keras forms it in y_pred's dtype, which the kernels compute in)."""
+    v = np.asarray(t64).shape[-1]
+    offset = float(round_to(round_to(smoothing, acc) / round_to(v, acc), acc))
+    scale = float(round_to(1.0 - smoothing, acc))
+    return np.asarray(t64, np.float64) * scale + offset
+
+
+@dataclasses.dataclass
+class RowForward:
+    sum: float
+    weight_sum: float
+    count: int
+    sum_scale: float  # sum of |w| * value_scale over kept rows
+    weight_scale: float
+    keep: np.ndarray  # (rows,)
+    w: np.ndarray  # (rows,) weights (0 where not kept)
+    value: np.ndarray  # (rows,), 0 where not kept
+    value_scale: np.ndarray
+    targets: np.ndarray  # (rows, V) float64 targets z (one-hot for sparse), 0 where not kept
+
+    def loss(self, reduction):
+        if reduction == "sum":
+            return self.sum
+        return self.sum / self.weight_sum if self.weight_sum != 0 else 0.0
+
+
+def row_keep(name, labels, weights, rows, ignore_class=None):
+    """keep and weight of each row: weight != 0 and (sparse) label != ignore_class."""
+    w = np.ones(rows) if weights is None else np.asarray(weights, np.float64).reshape(rows)
+    keep = w != 0
+    if row_loss_kind(name)[0] and ignore_class is not None:
+        keep &= np.asarray(labels).reshape(rows) != ignore_class
+    return keep, np.where(keep, w, 0.0)
+
+
+def _row_terms(name, y_true, p64, keep, smoothing, acc):
+    """(value, value_scale, targets z) of the kept rows of one loss, float64."""
+    sparse, logits = row_loss_kind(name)
+    rows, v = p64.shape
+    p = np.where(keep[:, None], p64, 0.5)  # rows not kept: never read
+    if sparse:
+        labels = np.where(keep, np.asarray(y_true).reshape(rows), 0).astype(np.int64)
+        z = np.zeros((rows, v))
+        z[np.arange(rows), labels] = 1.0
+    else:
+        z = smoothed_targets(np.where(keep[:, None], y_true, 0.0), smoothing, acc)
+    lo, hi = float(round_to(ROW_EPSILON, acc)), float(round_to(1.0 - ROW_EPSILON, acc))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        if logits:
+            lse = log_sum_exp(p)
+            m = np.max(p, axis=-1)
+            if sparse:
+                value = lse - p[np.arange(rows), labels]
+            else:
+                value = np.sum(z * (lse[:, None] - p), axis=-1)
+            scale = np.sum(np.abs(z), axis=-1) * (np.abs(lse - m) + 1.0) + np.sum(
+                np.abs(z * (p - m[:, None])), axis=-1
+            )
+        elif sparse:
+            c = np.clip(p, lo, hi)
+            value = np.log(np.sum(c, axis=-1)) - np.log(c[np.arange(rows), labels])
+            scale = np.abs(np.log(np.sum(c, axis=-1))) + np.abs(np.log(c[np.arange(rows), labels]))
+            scale = scale + 1.0
+        else:
+            c = np.clip(p / np.sum(p, axis=-1, keepdims=True), lo, hi)
+            value = -np.sum(z * np.log(c), axis=-1)
+            scale = np.sum(np.abs(z) * (np.abs(np.log(c)) + 1.0), axis=-1)
+    value = np.where(keep, value, 0.0)
+    scale = np.where(keep, scale, 0.0)
+    return value, scale, np.where(keep[:, None], z, 0.0)
+
+
+def row_forward(name, y_true, p64, weights=None, ignore_class=None, smoothing=0.0, acc="float64"):
+    """float64 forward of a row loss on the (already rounded) inputs; weights:
+    the full weight of each row (kernel_weights expanded to the rows), or None.
+    value_scale bounds the terms of each row's value (the error of a sum of
+    exponentials shows as an absolute error in its log, hence the + 1)."""
+    p64 = np.asarray(p64, np.float64)
+    rows = p64.shape[0]
+    keep, w = row_keep(name, y_true, weights, rows, ignore_class)
+    value, scale, z = _row_terms(name, y_true, p64, keep, smoothing, acc)
+    return RowForward(
+        sum=float(np.sum(w * value)),
+        weight_sum=float(np.sum(w)),
+        count=int(np.count_nonzero(keep)),
+        sum_scale=float(np.sum(np.abs(w) * scale)),
+        weight_scale=float(np.sum(np.abs(w))),
+        keep=keep,
+        w=w,
+        value=value,
+        value_scale=scale,
+        targets=z,
+    )
+
+
+def row_backward(name, fwd, p64, coeffs, acc="float64"):
+    """(grad, scale) of a row loss w.r.t. y_pred (rows, V) given
+    coefficients(...); 0 for rows not kept. The scale bounds each element's
+    terms; for softmax exp(x - M) / sum it adds p * |x - M| / 16: rounding x -
+    M to float32 is a relative error of up to 2^-24 |x - M| in exp(x - M) (a
+    sixteenth of it at rtol 1e-6 leaves a margin of 2)."""
+    sparse, logits = row_loss_kind(name)
+    p64 = np.asarray(p64, np.float64)
+    keep, w, z = fwd.keep, fwd.w, fwd.targets
+    x = np.where(keep[:, None], p64, 0.5)
+    lo, hi = float(round_to(ROW_EPSILON, acc)), float(round_to(1.0 - ROW_EPSILON, acc))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        if logits:
+            lse = log_sum_exp(x)[:, None]
+            soft = np.exp(x - lse)
+            d = soft - z
+            s = soft * (1.0 + np.abs(x - np.max(x, axis=-1, keepdims=True)) / 16) + np.abs(z)
+        elif sparse:
+            c = np.clip(x, lo, hi)
+            inside = (x >= lo) & (x <= hi)
+            inv = 1.0 / np.sum(c, axis=-1, keepdims=True)
+            d = np.where(inside, inv - z / c, 0.0)
+            s = np.where(inside, inv + z / c, 0.0)
+        else:
+            total = np.sum(x, axis=-1, keepdims=True)
+            q = x / total
+            inside = (q >= lo) & (q <= hi)
+            z_in = np.sum(np.where(inside, z, 0.0), axis=-1, keepdims=True)
+            d = (z_in - np.where(inside, z / q, 0.0)) / total
+            s = (np.abs(z_in) + np.where(inside, np.abs(z / q), 0.0)) / np.abs(total)
+        w2 = w[:, None]
+        grad = np.where(keep[:, None], coeffs.times_a(w2, d), 0.0)
+        scale = np.where(keep[:, None], coeffs.times_a_scale(w2, s), 0.0)
+    return grad, scale

@@ -10,10 +10,6 @@ Example counts come from the Hypothesis profile (tests/conftest.py): bounded
 in `make test`, many more in `make fuzz`.
 """
 
-import glob
-import importlib.util
-import os
-
 import numpy as np
 import oracle
 import pytest
@@ -28,27 +24,7 @@ from fuzz_cases import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_kernels():
-    """The compiled binding, without importing masked_ops (whose __init__ loads
-    TensorFlow): a `_kernels` module first on sys.path (make sanitize puts its
-    instrumented build there), else the one built into masked_ops/."""
-    spec = importlib.util.find_spec("_kernels")
-    if spec is None:
-        built = sorted(glob.glob(os.path.join(ROOT, "masked_ops", "_kernels*.so")))
-        if not built:
-            raise ImportError(
-                "masked_ops/_kernels*.so is missing: build it with "
-                "`pip install --no-build-isolation -e .` (or `make build`)"
-            )
-        spec = importlib.util.spec_from_file_location("_kernels", built[0])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from kernels_module import load_kernels
 
 kernels = load_kernels()
 

@@ -30,7 +30,22 @@ _ACCUMULATION = {
     "float32": (1e-5, 2.0**-147),
     "float64": (1e-12, 2.0**-1071),
 }
-_KINDS = {"reduction": _REDUCTION, "elementwise": _ELEMENTWISE, "accumulation": _ACCUMULATION}
+# Row losses (cross-entropy over a class axis): each row's value is formed in
+# double from float32 lane sums of at most one tile per lane, so the loss and
+# the per-row statistics are float32-accurate relative to the terms of the
+# row's value (a bound for 16-bit inputs too: they are exact in float32).
+_ROW = {
+    "float16": (1e-6, 0.0),
+    "bfloat16": (1e-6, 0.0),
+    "float32": (1e-6, 0.0),
+    "float64": (1e-13, 0.0),
+}
+_KINDS = {
+    "reduction": _REDUCTION,
+    "elementwise": _ELEMENTWISE,
+    "accumulation": _ACCUMULATION,
+    "row": _ROW,
+}
 
 
 def _name(dtype):
@@ -42,8 +57,8 @@ def _name(dtype):
 
 def tolerance(dtype, kind="reduction"):
     """(rtol, atol) for `dtype`; kind is "reduction" (loss, sums),
-    "elementwise" (gradients, stored in the input dtype) or "accumulation"
-    (see allowed_error)."""
+    "elementwise" (gradients, stored in the input dtype), "accumulation"
+    (see allowed_error) or "row" (row losses: loss, sums, row statistics)."""
     return _KINDS[kind][_name(dtype)]
 
 

@@ -7,6 +7,7 @@
 
 #include "losses/absolute_error.h"
 #include "losses/binary_crossentropy.h"
+#include "losses/categorical_crossentropy.h"
 #include "losses/huber.h"
 #include "losses/squared_error.h"
 
@@ -16,3 +17,15 @@
   X(Huber, "Huber", "huber")                                         \
   X(BinaryCrossentropy, "BinaryCrossentropy", "binary_crossentropy") \
   X(BinaryCrossentropyFromLogits, "BinaryCrossentropyFromLogits", "binary_crossentropy_from_logits")
+
+// The row losses (row_loss.h: a loss over each row of V classes), the same
+// X(FUNCTOR, OP, NAME) shape for the adapters of the row engine. NAME is the
+// Keras loss's name, with "_from_logits" for from_logits=True.
+#define MASKED_OPS_ROW_LOSS_LIST(X)                                                     \
+  X(SparseCategoricalCrossentropy, "SparseCategoricalCrossentropy",                     \
+    "sparse_categorical_crossentropy")                                                  \
+  X(SparseCategoricalCrossentropyFromLogits, "SparseCategoricalCrossentropyFromLogits", \
+    "sparse_categorical_crossentropy_from_logits")                                      \
+  X(CategoricalCrossentropy, "CategoricalCrossentropy", "categorical_crossentropy")     \
+  X(CategoricalCrossentropyFromLogits, "CategoricalCrossentropyFromLogits",             \
+    "categorical_crossentropy_from_logits")

@@ -32,6 +32,8 @@ enum class Status : int {
   kExtraMaskGradient = 5,  // a mask gradient was asked for with extra masks
   kLabelGradient = 6,      // a gradient of boolean or integer labels was asked for
   kUnsupported = 7,        // the one-pass forward+backward's preconditions do not hold
+  kLabelOutOfRange = 8,    // row losses: a kept row's label is not in [0, classes)
+  kBadRowArgs = 9,         // row losses: arguments that do not fit the loss
 };
 
 inline const char* status_message(Status s) {
@@ -52,6 +54,13 @@ inline const char* status_message(Status s) {
       return "boolean or integer y_true (labels) has no gradient";
     case Status::kUnsupported:
       return "the one-pass forward+backward takes one boolean mask and no padding value";
+    case Status::kLabelOutOfRange:
+      return "a label of a kept row (mask non-zero, label not ignore_class) is outside [0, "
+             "classes)";
+    case Status::kBadRowArgs:
+      return "row loss arguments do not fit the loss: sparse losses take int32/int64 labels and "
+             "no label_smoothing, categorical ones dense targets and no ignore_class; "
+             "label_smoothing in [0, 1]; from_logits as the loss's";
   }
   return "unknown status";
 }

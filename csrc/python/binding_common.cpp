@@ -178,6 +178,30 @@ std::vector<std::string> loss_names() {
   return names;
 }
 
+std::vector<std::string> row_loss_names() {
+  std::vector<std::string> names;
+#define MASKED_OPS_BINDING_ROW_LOSS_NAME(FUNCTOR, OP, NAME) names.emplace_back(NAME);
+  MASKED_OPS_ROW_LOSS_LIST(MASKED_OPS_BINDING_ROW_LOSS_NAME)
+#undef MASKED_OPS_BINDING_ROW_LOSS_NAME
+  return names;
+}
+
+void HostArray::check_contiguous() const {
+  if (!(array.flags() & py::array::c_style)) {
+    throw py::value_error(name + " must be C-contiguous; pass numpy.ascontiguousarray(" + name +
+                          ")");
+  }
+  // Loads through a misaligned pointer are undefined behaviour.
+  const auto address = reinterpret_cast<uintptr_t>(data());
+  if (address % itemsize(dtype) != 0) {
+    throw py::value_error(name + "'s buffer is not aligned to its " +
+                          std::to_string(itemsize(dtype)) +
+                          "-byte elements (e.g. numpy.frombuffer at an odd offset); pass "
+                          "numpy.array(" +
+                          name + ") for an aligned copy");
+  }
+}
+
 void check_status(Status s, const char* what) {
   if (s != Status::kOk) {
     throw std::runtime_error(std::string("masked_ops ") + what + " failed: " + status_message(s));

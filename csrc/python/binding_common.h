@@ -3,6 +3,7 @@
 // the one dispatch from (loss name, dtypes) to a kernel instantiation.
 #pragma once
 
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -76,6 +77,19 @@ double padding_in(double v, DType t) {
 }
 
 std::vector<std::string> loss_names();
+std::vector<std::string> row_loss_names();
+
+// A NumPy array of a host entry point with its parsed dtype, shape and the
+// argument name its errors use.
+struct HostArray {
+  py::array array;
+  DType dtype;
+  std::vector<int64_t> shape;
+  std::string name;
+  const void* data() const { return array.data(); }
+  // Checked after the shapes, whose mismatch is the more useful message.
+  void check_contiguous() const;
+};
 
 void check_status(Status s, const char* what);
 

@@ -3,6 +3,7 @@
 // arguments and docs in module.cpp.
 #pragma once
 
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 // params (std::vector<double>) converts from any sequence of numbers; every
 // translation unit that sees these signatures agrees on the caster.
@@ -31,6 +32,21 @@ py::tuple forward_backward(const py::object& y_true, const py::object& y_pred,
                            const py::object& mask, const std::string& reduction, bool want_y_true,
                            bool want_y_pred, const std::string& loss_name,
                            const std::vector<double>& params);
+
+// Host (NumPy) arrays on the CPU row-loss kernels (categorical
+// cross-entropy): row_arrays.cpp.
+py::tuple row_forward(const py::object& y_true, const py::object& y_pred, const py::object& mask,
+                      const std::string& loss, bool from_logits, const py::object& ignore_class,
+                      double label_smoothing, const std::string& reduction);
+py::array row_backward(const py::object& y_true, const py::object& y_pred, const py::object& mask,
+                       const py::object& row_stats, double loss_value, double weight_sum,
+                       double grad_loss, double grad_sum, const std::string& loss, bool from_logits,
+                       const py::object& ignore_class, double label_smoothing,
+                       const std::string& reduction);
+py::tuple row_forward_backward(const py::object& y_true, const py::object& y_pred,
+                               const py::object& mask, const std::string& loss, bool from_logits,
+                               const py::object& ignore_class, double label_smoothing,
+                               const std::string& reduction, bool in_place, double upstream);
 
 // Threads of the host calls: thread_pool.cpp.
 void set_num_threads(int n);

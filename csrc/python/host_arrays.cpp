@@ -19,30 +19,6 @@ namespace masked_ops {
 namespace binding {
 namespace {
 
-struct HostArray {
-  py::array array;
-  DType dtype;
-  std::vector<int64_t> shape;
-  std::string name;
-  const void* data() const { return array.data(); }
-  // Checked after the shapes, whose mismatch is the more useful message.
-  void check_contiguous() const {
-    if (!(array.flags() & py::array::c_style)) {
-      throw py::value_error(name + " must be C-contiguous; pass numpy.ascontiguousarray(" + name +
-                            ")");
-    }
-    // Loads through a misaligned pointer are undefined behaviour.
-    const auto address = reinterpret_cast<uintptr_t>(data());
-    if (address % itemsize(dtype) != 0) {
-      throw py::value_error(name + "'s buffer is not aligned to its " +
-                            std::to_string(itemsize(dtype)) +
-                            "-byte elements (e.g. numpy.frombuffer at an odd offset); pass "
-                            "numpy.array(" +
-                            name + ") for an aligned copy");
-    }
-  }
-};
-
 HostArray host_array(const py::object& obj, const char* name) {
   if (is_cuda_array(obj)) {
     throw py::type_error(std::string(name) +

@@ -51,6 +51,32 @@ computed on several threads without the GIL:
   cpu_isa() -> "baseline" | "avx2" | "avx512": the instruction set the host
       kernels run (same bits at every level; MASKED_OPS_CPU_ISA lowers it)
 
+Row losses (`row_losses` lists the table; NumPy arrays as above): Keras 3's
+sparse_categorical_crossentropy / categorical_crossentropy over the last axis
+of y_pred (V classes), one value per row, reduced over the rows with a mask of
+the rows' shape or a leading prefix of it (bool, integer: non-zero keeps, or a
+float weight per row as above). Sparse y_true: int32/int64 labels of the rows'
+shape (a trailing axis of 1 is accepted, as Keras squeezes it); dense y_true:
+y_pred's shape and dtype. A row the mask drops, or whose label is
+ignore_class, is not kept (weight 0) and never read; a kept row's label outside
+[0, V) raises ValueError.
+  row_forward(y_true, y_pred, mask=None, *, loss="sparse_categorical_crossentropy",
+              from_logits=False, ignore_class=None, label_smoothing=0.0, reduction="mean")
+      -> (loss, sum, weight_sum, count, row_stats): row_stats (accumulator dtype,
+      the rows' shape plus an axis of 2, except for sparse_categorical_crossentropy
+      from probabilities) is what row_backward reads instead of a second pass
+      (0 for rows not kept): from logits, the row's max M and sum(exp(x - M))
+      (its log-sum-exp is M + log of the sum); from probabilities, the sum of
+      the clipped row (sparse), or the row sum S and Z_in (categorical).
+  row_backward(y_true, y_pred, mask, row_stats, loss_value, weight_sum, *, grad_loss=1.0,
+               grad_sum=0.0, loss=..., from_logits=..., ignore_class=..., label_smoothing=...,
+               reduction=...) -> grad_y_pred (y_pred's shape and dtype)
+  row_forward_backward(y_true, y_pred, mask=None, *, loss=..., ..., reduction="mean",
+                       in_place=False, upstream=1.0)
+      -> (loss, sum, weight_sum, count, row_stats, grad_y_pred) in one pass over
+      y_pred: the gradient of upstream * loss; in_place=True writes it over
+      y_pred (a writeable C-contiguous array) and returns y_pred.
+
 CUDA (any object with __cuda_array_interface__, C-contiguous, aligned to its
 element size, on the current device; asynchronous, nothing is synchronized):
 the caller owns every buffer.
@@ -111,6 +137,24 @@ PYBIND11_MODULE(_kernels, m) {
         "(loss, sum, weight_sum, count, grad_y_true, grad_y_pred) in one pass: the gradients "
         "of loss for an upstream gradient of 1 (None where not wanted). One boolean mask (or "
         "none), no padding value.");
+  m.attr("row_losses") = b::row_loss_names();
+  m.def("row_forward", &b::row_forward, arg("y_true"), arg("y_pred"), arg("mask") = py::none(),
+        py::kw_only(), arg("loss") = "sparse_categorical_crossentropy", arg("from_logits") = false,
+        arg("ignore_class") = py::none(), arg("label_smoothing") = 0.0, arg("reduction") = "mean",
+        "(loss, sum, weight_sum, count, row_stats) of a row loss on host arrays.");
+  m.def("row_backward", &b::row_backward, arg("y_true"), arg("y_pred"), arg("mask"),
+        arg("row_stats"), arg("loss_value"), arg("weight_sum"), py::kw_only(),
+        arg("grad_loss") = 1.0, arg("grad_sum") = 0.0,
+        arg("loss") = "sparse_categorical_crossentropy", arg("from_logits") = false,
+        arg("ignore_class") = py::none(), arg("label_smoothing") = 0.0, arg("reduction") = "mean",
+        "Gradient of a row loss w.r.t. y_pred from row_forward's outputs, for upstream "
+        "gradients grad_loss (of loss) and grad_sum (of sum).");
+  m.def("row_forward_backward", &b::row_forward_backward, arg("y_true"), arg("y_pred"),
+        arg("mask") = py::none(), py::kw_only(), arg("loss") = "sparse_categorical_crossentropy",
+        arg("from_logits") = false, arg("ignore_class") = py::none(), arg("label_smoothing") = 0.0,
+        arg("reduction") = "mean", arg("in_place") = false, arg("upstream") = 1.0,
+        "(loss, sum, weight_sum, count, row_stats, grad_y_pred) in one pass; in_place=True "
+        "overwrites y_pred with the gradient.");
   m.def("set_num_threads", &b::set_num_threads, arg("n"),
         "Most threads a host call uses (results do not depend on it).");
   m.def("get_num_threads", &b::get_num_threads);
