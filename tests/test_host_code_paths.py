@@ -3,7 +3,7 @@
 The host kernels run clones compiled for AVX2 and AVX-512 where the CPU has
 them (csrc/kernels/cpu_isa.h). Every level must give the same bits: each
 level runs in its own process (MASKED_OPS_CPU_ISA is read once) on the same
-inputs, for every loss of the table, the mask kinds with their own code paths
+inputs, for every loss of both tables, the mask kinds with their own code paths
 (boolean, float, short and long prefix rows, several masks, labels), forward,
 backward and the one-pass forward_backward; the digests must agree (on a
 CPU with AVX only, every process runs the baseline)."""
@@ -75,6 +75,21 @@ for dtype in (np.float16, np.float32, np.float64):
         if crossentropy:
             out = k.forward(true_label, y_pred, masks["bool"], loss_name=loss, params=params)
             add(*out[:3])
+rows, classes = 37, 1000
+logits = (4.0 * rng.standard_normal((rows, classes))).astype(np.float32)
+probabilities = rng.random((rows, classes)).astype(np.float32)
+labels = rng.integers(0, classes, rows).astype(np.int64)
+dense = rng.dirichlet(np.ones(classes), rows).astype(np.float32)
+row_mask = rng.random(rows) < 0.7
+for loss in k.row_losses:
+    from_logits = loss.endswith("_from_logits")
+    name = loss.removesuffix("_from_logits")
+    y_pred = logits if from_logits else probabilities
+    y_true = labels if name.startswith("sparse") else dense
+    options = dict(loss=name, from_logits=from_logits)
+    if not name.startswith("sparse"):
+        options["label_smoothing"] = 0.1
+    add(*k.row_forward_backward(y_true, y_pred, row_mask, **options))
 print(json.dumps({"isa": k.cpu_isa(), "digest": digest.hexdigest()}))
 """
 

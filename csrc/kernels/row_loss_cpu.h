@@ -296,8 +296,8 @@ void row_gradient(const Loss& loss, const T* x, const T* t, int64_t label, int64
 // gradient of every row (0 for a row that is not kept) with coefficients k.
 // A kept row with an out-of-range label is counted in bad_labels and skipped.
 template <class Loss, class T, class M, bool kForward, bool kGrad>
-TaskPartial row_range(const Loss& loss, const RowLossParams<T, M>& p, int64_t first, int64_t last,
-                      acc_t<T>* stats, GradCoefficients<acc_t<T>> k, T* grad) {
+TaskPartial row_range_impl(const Loss& loss, const RowLossParams<T, M>& p, int64_t first,
+                           int64_t last, acc_t<T>* stats, GradCoefficients<acc_t<T>> k, T* grad) {
   using Acc = acc_t<T>;
   constexpr int kStats = Loss::kRowStats;
   const int64_t classes = p.classes;
@@ -324,6 +324,38 @@ TaskPartial row_range(const Loss& loss, const RowLossParams<T, M>& p, int64_t fi
     if constexpr (kGrad) row_gradient(loss, x, t, row.label, classes, st, k.times_weight(row.w), g);
   }
   return out;
+}
+
+#if defined(MO_CPU_DISPATCH)
+template <class Loss, class T, class M, bool kForward, bool kGrad>
+MO_CPU_AVX2 TaskPartial row_range_avx2(const Loss& loss, const RowLossParams<T, M>& p,
+                                       int64_t first, int64_t last, acc_t<T>* stats,
+                                       GradCoefficients<acc_t<T>> k, T* grad) {
+  return row_range_impl<Loss, T, M, kForward, kGrad>(loss, p, first, last, stats, k, grad);
+}
+template <class Loss, class T, class M, bool kForward, bool kGrad>
+MO_CPU_AVX512 TaskPartial row_range_avx512(const Loss& loss, const RowLossParams<T, M>& p,
+                                           int64_t first, int64_t last, acc_t<T>* stats,
+                                           GradCoefficients<acc_t<T>> k, T* grad) {
+  return row_range_impl<Loss, T, M, kForward, kGrad>(loss, p, first, last, stats, k, grad);
+}
+#endif
+
+// row_range_impl for the CPU's instruction set (cpu_isa.h).
+template <class Loss, class T, class M, bool kForward, bool kGrad>
+TaskPartial row_range(const Loss& loss, const RowLossParams<T, M>& p, int64_t first, int64_t last,
+                      acc_t<T>* stats, GradCoefficients<acc_t<T>> k, T* grad) {
+#if defined(MO_CPU_DISPATCH)
+  switch (cpu_isa()) {
+    case Isa::kAvx512:
+      return row_range_avx512<Loss, T, M, kForward, kGrad>(loss, p, first, last, stats, k, grad);
+    case Isa::kAvx2:
+      return row_range_avx2<Loss, T, M, kForward, kGrad>(loss, p, first, last, stats, k, grad);
+    case Isa::kBaseline:
+      break;
+  }
+#endif
+  return row_range_impl<Loss, T, M, kForward, kGrad>(loss, p, first, last, stats, k, grad);
 }
 
 // Weight sum, count and out-of-range labels of the kept rows, per task, in
