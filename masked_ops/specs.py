@@ -1,5 +1,6 @@
 """The loss table on the Python side: one spec per loss, mirroring the C++
-list in csrc/kernels/loss_list.h. A spec drives the op wrapper, the gradient
+lists in csrc/kernels/loss_list.h (LOSSES: the elementwise losses; ROW_LOSSES:
+the losses over rows of classes). A spec drives the op wrapper, the gradient
 registration, the pure-TF reference formula (also what XLA compiles when a
 lowering is missing), the Keras per-sample loss, and the parametrization of
 the tests and the benchmark. Adding a loss is its functor header, one line
@@ -103,3 +104,76 @@ LOSSES = (
     BINARY_CROSSENTROPY_FROM_LOGITS,
 )
 BY_OP_TYPE = {spec.op_type: spec for spec in LOSSES}
+
+
+@dataclasses.dataclass(frozen=True)
+class RowLossSpec:
+    """One row loss: a loss over each row of V classes (the last axis of
+    y_pred), an entry of MASKED_OPS_ROW_LOSS_LIST.
+
+    name: the kernel table's name (Keras's loss name, "_from_logits" added).
+    op_type: the TensorFlow op "MaskedOps>..."; its gradient op adds "Grad",
+        its one-pass form (loss and gradient) "WithGrad".
+    op: the op's Python wrapper in the loaded op library.
+    sparse: y_true is integer class indices (else targets of y_pred's shape).
+    from_logits: y_pred is logits (else probabilities, clipped as Keras clips).
+    row_stats: per-row statistics the forward writes for the gradient.
+    """
+
+    name: str
+    op_type: str
+    op: str
+    sparse: bool
+    from_logits: bool
+    row_stats: int
+
+    @property
+    def grad_op(self):
+        return self.op + "_grad"
+
+    @property
+    def one_pass_op(self):
+        return self.op + "_with_grad"
+
+
+def _row_spec(keras_name, op_name, sparse, from_logits, row_stats):
+    name = keras_name + ("_from_logits" if from_logits else "")
+    return RowLossSpec(
+        name=name,
+        op_type="MaskedOps>" + op_name,
+        op="masked_ops_" + name,
+        sparse=sparse,
+        from_logits=from_logits,
+        row_stats=row_stats,
+    )
+
+
+SPARSE_CATEGORICAL_CROSSENTROPY = _row_spec(
+    "sparse_categorical_crossentropy", "SparseCategoricalCrossentropy", True, False, 1
+)
+SPARSE_CATEGORICAL_CROSSENTROPY_FROM_LOGITS = _row_spec(
+    "sparse_categorical_crossentropy", "SparseCategoricalCrossentropyFromLogits", True, True, 2
+)
+CATEGORICAL_CROSSENTROPY = _row_spec(
+    "categorical_crossentropy", "CategoricalCrossentropy", False, False, 2
+)
+CATEGORICAL_CROSSENTROPY_FROM_LOGITS = _row_spec(
+    "categorical_crossentropy", "CategoricalCrossentropyFromLogits", False, True, 2
+)
+
+ROW_LOSSES = (
+    SPARSE_CATEGORICAL_CROSSENTROPY,
+    SPARSE_CATEGORICAL_CROSSENTROPY_FROM_LOGITS,
+    CATEGORICAL_CROSSENTROPY,
+    CATEGORICAL_CROSSENTROPY_FROM_LOGITS,
+)
+ROW_BY_OP_TYPE = {spec.op_type: spec for spec in ROW_LOSSES}
+
+
+def row_loss(sparse, from_logits):
+    """The row loss spec for integer labels (sparse) or dense targets, from
+    logits or from probabilities."""
+    for spec in ROW_LOSSES:
+        if spec.sparse == bool(sparse) and spec.from_logits == bool(from_logits):
+            return spec
+    raise AssertionError("every (sparse, from_logits) pair has a row loss")
