@@ -206,3 +206,90 @@ def combined_weight(masks, shape, rank, dtype):
     for m in masks[1:]:
         w = combine_weights(w, broadcast_weight(m, shape, rank, dtype))
     return w
+
+
+def check_ignore_class(ignore_class, sparse):
+    """None, or an integer label (Keras's ignore_class) for the sparse losses."""
+    if ignore_class is None:
+        return None
+    if not sparse:
+        raise ValueError(
+            "ignore_class applies to the sparse cross-entropy (integer labels); mask the rows "
+            "of dense targets with `mask` instead"
+        )
+    if isinstance(ignore_class, (bool, np.bool_)) or not isinstance(ignore_class, numbers.Integral):
+        raise TypeError(f"ignore_class must be an integer or None, got {ignore_class!r}")
+    return int(ignore_class)
+
+
+def check_label_smoothing(label_smoothing):
+    label_smoothing = float(label_smoothing)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    return label_smoothing
+
+
+def prepare_rows(spec, y_true, y_pred, mask):
+    """(y_true, y_pred, mask) as the row ops take them. y_pred: float logits or
+    probabilities, classes on the last axis. Sparse losses: y_true is class
+    indices of shape y_pred.shape[:-1] (a trailing axis of 1 is squeezed, as
+    Keras does; int32/int64 stay, other real dtypes are cast to int64); dense
+    losses: targets of y_pred's shape, cast to its dtype. mask: one mask, a
+    leading prefix of y_pred.shape[:-1] (see convert_mask)."""
+    y_pred = _to_tensor(y_pred, tf.float32, "y_pred")
+    if y_pred.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"y_pred must be float16, bfloat16, float32 or float64, got {y_pred.dtype.name}"
+        )
+    rank = y_pred.shape.rank
+    if rank is None or rank == 0:
+        raise ValueError(
+            f"y_pred must have a known rank >= 1 with the classes on its last axis, got shape "
+            f"{y_pred.shape}"
+        )
+    if y_pred.shape[-1] == 0:
+        raise ValueError(f"y_pred's class axis (its last) is empty: shape {y_pred.shape}")
+    rows = y_pred.shape[:-1]
+    y_true = _to_tensor(y_true, tf.int64 if spec.sparse else y_pred.dtype, "y_true")
+    if spec.sparse:
+        if y_true.shape.rank == rank and y_true.shape[-1] == 1:
+            y_true = tf.squeeze(y_true, -1)
+        if y_true.dtype not in (tf.int32, tf.int64):
+            if not (y_true.dtype.is_integer or y_true.dtype.is_floating):
+                raise TypeError(f"y_true must be integer class indices, got {y_true.dtype.name}")
+            y_true = tf.cast(y_true, tf.int64)
+        expected, what = rows, "y_pred's shape without its class axis"
+    else:
+        if y_true.dtype != y_pred.dtype:
+            if not (y_true.dtype.is_integer or y_true.dtype.is_floating or y_true.dtype == tf.bool):
+                raise TypeError(f"y_true must have a real dtype, got {y_true.dtype.name}")
+            y_true = tf.cast(y_true, y_pred.dtype)
+        expected, what = y_pred.shape, "y_pred's shape"
+    if not y_true.shape.is_compatible_with(expected):
+        raise ValueError(
+            f"y_true shape {y_true.shape} must be {what}, {expected} (y_pred {y_pred.shape})"
+        )
+    if is_mask_list(mask):
+        raise TypeError(
+            "the cross-entropy losses take one mask; combine several with tf.logical_and (or "
+            "multiply weights) first: they are the size of the rows, not of the logits"
+        )
+    mask = convert_mask(mask, y_pred.dtype)
+    m = mask.shape
+    if m.rank is not None and not (m.rank <= rows.rank and m.is_compatible_with(rows[: m.rank])):
+        raise ValueError(
+            f"mask shape {m} must be a leading prefix of y_pred's shape without its class axis, "
+            f"{rows} (y_pred {y_pred.shape})"
+        )
+    return y_true, y_pred, mask
+
+
+def row_keep(spec, y_true, y_pred, mask, ignore_class, dtype):
+    """(keep, w): which rows count (weight != 0, label != ignore_class) and
+    their weights in `dtype`, over y_pred.shape[:-1]."""
+    rows = tf.shape(y_pred)[:-1]
+    w = broadcast_weight(mask, rows, y_pred.shape.rank - 1, dtype)
+    keep = tf.not_equal(w, tf.zeros([], dtype))
+    if spec.sparse and ignore_class is not None:
+        keep = tf.logical_and(keep, tf.not_equal(y_true, tf.cast(ignore_class, y_true.dtype)))
+    return keep, w

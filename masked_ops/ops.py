@@ -263,11 +263,7 @@ def _bce_spec(from_logits):
     return specs.BINARY_CROSSENTROPY_FROM_LOGITS if from_logits else specs.BINARY_CROSSENTROPY
 
 
-def _check_label_smoothing(label_smoothing):
-    label_smoothing = float(label_smoothing)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    return label_smoothing
+_check_label_smoothing = _inputs.check_label_smoothing
 
 
 def _check_delta(delta):
@@ -353,3 +349,214 @@ def masked_binary_crossentropy(
     params = (_check_label_smoothing(label_smoothing),)
     spec = _bce_spec(from_logits)
     return fused(spec, y_true, y_pred, mask, padding_value, reduction, params, loss_only=True)[0]
+
+
+# The row losses (specs.ROW_LOSSES): cross-entropy over the last axis of y_pred.
+
+
+def _row_attrs(op):
+    return {
+        "reduction": _attr_str(op.get_attr("reduction")),
+        "has_ignore_class": op.get_attr("has_ignore_class"),
+        "ignore_class": op.get_attr("ignore_class"),
+    }
+
+
+def _row_two_pass_gradient(spec, op, grad_loss, grad_sum):
+    """d/dy_pred from the gradient op, on the inputs and outputs of a forward
+    op of either form."""
+    acc = op.outputs[0].dtype
+    grad_loss, grad_sum = (tf.zeros([], acc) if g is None else g for g in (grad_loss, grad_sum))
+    y_true, y_pred, mask, label_smoothing = op.inputs[:4]
+    return _ROW_GRAD_OPS[spec.op_type](
+        grad_loss=grad_loss,
+        grad_sum=grad_sum,
+        y_true=y_true,
+        y_pred=y_pred,
+        mask=mask,
+        label_smoothing=label_smoothing,
+        loss=op.outputs[0],
+        weight_sum=op.outputs[2],
+        row_stats=op.outputs[4],
+        **_row_attrs(op),
+    )
+
+
+def _row_target_and_mask_gradients(spec, op, upstream, want_true, want_mask):
+    """(d/dy_true, d/dmask) for the rare uses the kernels leave out: soft
+    targets that are trained (distillation) and float mask weights that are.
+    From the row values of the pure-TF formula, on the rows the mask keeps."""
+    y_true, y_pred, mask, label_smoothing = op.inputs[:4]
+    acc = op.outputs[0].dtype
+    grad_loss, grad_sum, grad_weight_sum = (tf.zeros([], acc) if g is None else g for g in upstream)
+    attrs = _row_attrs(op)
+    ignore_class = attrs["ignore_class"] if attrs["has_ignore_class"] else None
+    keep, w = _inputs.row_keep(spec, y_true, y_pred, mask, ignore_class, acc)
+    smoothing = tf.get_static_value(label_smoothing)
+    smoothing = float(smoothing) if smoothing is not None else label_smoothing
+    loss, weight_sum = op.outputs[0], op.outputs[2]
+    mean = attrs["reduction"] == "mean"
+    # d(loss, sum)/d value_r = w_r (1 / weight_sum for "mean", 1) and w_r.
+    per_value = grad_sum + (tf.math.divide_no_nan(grad_loss, weight_sum) if mean else grad_loss)
+    t = tf.cast(y_true, acc) if want_true else y_true
+    with tf.GradientTape() as tape:
+        if want_true:
+            tape.watch(t)
+        value = reference.row_values(spec, t, y_pred, keep, smoothing)
+    grad_true = grad_mask = None
+    if want_true:
+        coefficient = tf.where(keep, w * per_value, tf.zeros_like(w))
+        grad_true = tape.gradient(value, t, output_gradients=coefficient)
+        grad_true = tf.cast(grad_true, y_true.dtype)
+    if want_mask:
+        # d loss / d w_r = (value_r - loss) / weight_sum for "mean", value_r for "sum".
+        d = per_value * value + grad_weight_sum
+        if mean:
+            d = d - tf.math.divide_no_nan(grad_loss * loss, weight_sum)
+        d = tf.where(keep, d, tf.zeros_like(d))
+        rows_rank = y_pred.shape.rank - 1
+        d = tf.reduce_sum(d, axis=list(range(mask.shape.rank, rows_rank)))
+        grad_mask = tf.cast(d, mask.dtype)
+    return grad_true, grad_mask
+
+
+def _register_row_gradients(spec):
+    def extras(op, upstream, skip):
+        y_true, _, mask = op.inputs[:3]
+        want_true = not spec.sparse and 0 not in skip
+        want_mask = mask.dtype.is_floating and 2 not in skip
+        if not (want_true or want_mask):
+            return None, None
+        return _row_target_and_mask_gradients(spec, op, upstream, want_true, want_mask)
+
+    @tf.RegisterGradient(spec.op_type)
+    def _gradient(op, grad_loss, grad_sum, grad_weight_sum, _count, _row_stats):
+        skip = set(getattr(op, "skip_input_indices", None) or ())
+        grads = [None] * 4
+        if 1 not in skip:
+            grads[1] = _row_two_pass_gradient(spec, op, grad_loss, grad_sum)
+        upstream = (grad_loss, grad_sum, grad_weight_sum)
+        grads[0], grads[2] = extras(op, upstream, skip)
+        return grads
+
+    @tf.RegisterGradient(spec.op_type + "WithGrad")
+    def _one_pass_gradient(op, grad_loss, grad_sum, grad_weight_sum, _count, _row_stats, _grad):
+        """The forward wrote d loss / d y_pred for an upstream gradient of 1:
+        it is only scaled (nothing to do for exactly 1); gradients through
+        `sum` of a "mean" loss take the gradient op."""
+        skip = set(getattr(op, "skip_input_indices", None) or ())
+        grads = [None] * 4
+        if 1 not in skip:
+            reduction = _attr_str(op.get_attr("reduction"))
+            acc = op.outputs[0].dtype
+            grad_sum_used = _unless_zero(grad_sum)
+            if grad_sum_used is None or reduction == "sum":
+                scale = tf.zeros([], acc) if grad_loss is None else grad_loss
+                if grad_sum_used is not None:
+                    scale = scale + grad_sum_used
+                grads[1] = _SCALE_GRADIENT(scale=scale, gradient=op.outputs[5])
+            else:
+                grads[1] = _row_two_pass_gradient(spec, op, grad_loss, grad_sum)
+        upstream = (grad_loss, grad_sum, grad_weight_sum)
+        grads[0], grads[2] = extras(op, upstream, skip)
+        return grads
+
+    tf.no_gradient(spec.op_type + "Grad")
+
+
+_ROW_OPS = {}
+_ROW_ONE_PASS_OPS = {}
+_ROW_GRAD_OPS = {}
+for _spec in specs.ROW_LOSSES:
+    _ROW_OPS[_spec.op_type] = _wrapper(_spec.op)
+    _ROW_ONE_PASS_OPS[_spec.op_type] = _wrapper(_spec.one_pass_op)
+    _ROW_GRAD_OPS[_spec.op_type] = _wrapper(_spec.grad_op)
+    _register_row_gradients(_spec)
+
+
+def fused_rows(
+    spec, y_true, y_pred, mask, reduction, ignore_class=None, label_smoothing=0.0, loss_only=False
+):
+    """Runs the row op of `spec`; returns (loss, sum, weight_sum, count).
+    loss_only: only `loss` is differentiated (the public loss functions):
+    when a tape records y_pred, the forward writes the gradient of the loss in
+    the same pass, into y_pred's buffer when nothing else holds it."""
+    _inputs.check_reduction(reduction)
+    ignore_class = _inputs.check_ignore_class(ignore_class, spec.sparse)
+    label_smoothing = _inputs.check_label_smoothing(label_smoothing)
+    if spec.sparse and label_smoothing:
+        raise ValueError("label_smoothing applies to dense targets; the sparse loss has none")
+    if _xla.use_fallback(spec) or _loader.gpu_kernels_unavailable_reason() is not None:
+        return reference.masked_row_loss(
+            spec, y_true, y_pred, mask, reduction, ignore_class, label_smoothing
+        )
+    y_true, y_pred, mask = _inputs.prepare_rows(spec, y_true, y_pred, mask)
+    args = {
+        "y_true": y_true,
+        "y_pred": y_pred,
+        "mask": mask,
+        "label_smoothing": tf.constant(label_smoothing, tf.float64),
+        "Tout": _inputs.accumulator_dtype(y_pred.dtype),
+        "reduction": reduction,
+        "has_ignore_class": ignore_class is not None,
+        "ignore_class": 0 if ignore_class is None else ignore_class,
+    }
+    if loss_only and record.should_record_backprop([y_pred]):
+        return _ROW_ONE_PASS_OPS[spec.op_type](**args)[:4]
+    return _ROW_OPS[spec.op_type](**args)[:4]
+
+
+def masked_sparse_categorical_crossentropy_sums(
+    y_true, y_pred, mask=None, *, from_logits=False, ignore_class=None
+):
+    """Fused (sum, weight_sum, count) of the sparse categorical cross-entropy
+    over the rows kept by `mask` and not labelled `ignore_class` (see
+    masked_sparse_categorical_crossentropy)."""
+    spec = specs.row_loss(True, from_logits)
+    _, s, w, c = fused_rows(spec, y_true, y_pred, mask, "sum", ignore_class)
+    return MaskedSums(s, w, c)
+
+
+def masked_sparse_categorical_crossentropy(
+    y_true, y_pred, mask=None, *, from_logits=False, ignore_class=None, reduction="mean"
+):
+    """Masked sparse categorical cross-entropy over the last axis of y_pred,
+    as keras.losses.sparse_categorical_crossentropy per row, in one fused pass.
+
+    y_true: class indices, shape y_pred.shape[:-1] (or with a trailing 1).
+    y_pred: logits (from_logits=True) or probabilities (clipped to
+        [1e-7, 1 - 1e-7] as Keras clips them), classes last: e.g. (B, T, V).
+    mask: bool/integer/float weights of shape y_pred.shape[:-1] or a leading
+        prefix of it, e.g. a (B, T) padding mask; None keeps every row.
+    ignore_class: rows with this label are left out, as Keras's ignore_class.
+    reduction: "mean" (over the kept rows, weighted; 0 when none is kept) or "sum".
+
+    Rows that are not kept are never read: their logits may hold NaN/Inf and
+    their labels any value (-100 padding). A kept row's label outside
+    [0, V) is an InvalidArgumentError (NaN under XLA, whose formula cannot raise).
+    """
+    spec = specs.row_loss(True, from_logits)
+    return fused_rows(spec, y_true, y_pred, mask, reduction, ignore_class, loss_only=True)[0]
+
+
+def masked_categorical_crossentropy_sums(
+    y_true, y_pred, mask=None, *, from_logits=False, label_smoothing=0.0
+):
+    """Fused (sum, weight_sum, count) of the categorical cross-entropy (see
+    masked_categorical_crossentropy)."""
+    spec = specs.row_loss(False, from_logits)
+    _, s, w, c = fused_rows(spec, y_true, y_pred, mask, "sum", None, label_smoothing)
+    return MaskedSums(s, w, c)
+
+
+def masked_categorical_crossentropy(
+    y_true, y_pred, mask=None, *, from_logits=False, label_smoothing=0.0, reduction="mean"
+):
+    """Masked categorical cross-entropy over the last axis of y_pred, as
+    keras.losses.categorical_crossentropy per row (one-hot or soft targets
+    y_true of y_pred's shape, smoothed to y_true (1 - s) + s / V), in one
+    fused pass; otherwise as masked_sparse_categorical_crossentropy."""
+    spec = specs.row_loss(False, from_logits)
+    return fused_rows(spec, y_true, y_pred, mask, reduction, None, label_smoothing, loss_only=True)[
+        0
+    ]

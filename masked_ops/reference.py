@@ -77,3 +77,70 @@ def masked_squared_error_sums(y_true, y_pred, mask=None, *, padding_value=None):
 def masked_mse(y_true, y_pred, mask=None, *, padding_value=None, reduction="mean"):
     """Reference for masked_ops.masked_mse."""
     return masked_loss(specs.SQUARED_ERROR, y_true, y_pred, mask, padding_value, reduction)[0]
+
+
+def row_values(spec, y_true, y_pred, keep, label_smoothing=0.0):
+    """The per-row loss of a row spec (accumulator dtype, shape
+    y_pred.shape[:-1]) where `keep`, exactly 0 elsewhere. Rows not kept are
+    replaced before any arithmetic (logits by 0, probabilities by 1, labels
+    by 0), so whatever they hold reaches neither the value nor a gradient.
+    Keras's formulas: from logits TF's fused softmax cross-entropy ops; from
+    probabilities, sparse: log(clip(p)) as logits of the sparse op; dense: p
+    normalized by its row sum, clipped, -sum(z log(.))."""
+    acc = _inputs.accumulator_dtype(y_pred.dtype)
+    keep_rows = keep[..., tf.newaxis]
+    x = tf.cast(y_pred, acc)
+    x = tf.where(keep_rows, x, tf.zeros_like(x) if spec.from_logits else tf.ones_like(x))
+    eps = specs.BCE_EPSILON
+    if spec.sparse:
+        labels = tf.where(keep, y_true, tf.zeros_like(y_true))
+        logits = x if spec.from_logits else tf.math.log(tf.clip_by_value(x, eps, 1.0 - eps))
+        value = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    else:
+        t = tf.cast(y_true, acc)
+        z = tf.where(keep_rows, t, tf.zeros_like(t))
+        if label_smoothing:
+            classes = tf.cast(tf.shape(x)[-1], acc)
+            z = z * (1.0 - label_smoothing) + tf.constant(label_smoothing, acc) / classes
+        if spec.from_logits:
+            value = tf.nn.softmax_cross_entropy_with_logits(labels=z, logits=x)
+        else:
+            q = x / tf.reduce_sum(x, axis=-1, keepdims=True)
+            value = -tf.reduce_sum(z * tf.math.log(tf.clip_by_value(q, eps, 1.0 - eps)), axis=-1)
+    return tf.where(keep, value, tf.zeros_like(value))
+
+
+def masked_row_loss(spec, y_true, y_pred, mask, reduction, ignore_class=None, label_smoothing=0.0):
+    """(loss, sum, weight_sum, count) of a row loss (specs.ROW_LOSSES) over the
+    kept rows: sum(w * value), sum(w), their count; loss = sum / weight_sum
+    ("mean", 0 when nothing is kept) or sum. Under XLA this is what compiles
+    (a kept row's out-of-range label gives NaN there instead of an error)."""
+    _inputs.check_reduction(reduction)
+    ignore_class = _inputs.check_ignore_class(ignore_class, spec.sparse)
+    label_smoothing = _inputs.check_label_smoothing(label_smoothing)
+    y_true, y_pred, mask = _inputs.prepare_rows(spec, y_true, y_pred, mask)
+    acc = _inputs.accumulator_dtype(y_pred.dtype)
+    keep, w = _inputs.row_keep(spec, y_true, y_pred, mask, ignore_class, acc)
+    value = row_values(spec, y_true, y_pred, keep, label_smoothing)
+    zeros = tf.zeros_like(w)
+    total = tf.reduce_sum(tf.where(keep, w * value, zeros))
+    weight_sum = tf.reduce_sum(tf.where(keep, w, zeros))
+    count = tf.math.count_nonzero(keep, dtype=tf.int64)
+    loss = total if reduction == "sum" else tf.math.divide_no_nan(total, weight_sum)
+    return loss, total, weight_sum, count
+
+
+def masked_sparse_categorical_crossentropy(
+    y_true, y_pred, mask=None, *, from_logits=False, ignore_class=None, reduction="mean"
+):
+    """Reference for masked_ops.masked_sparse_categorical_crossentropy."""
+    spec = specs.row_loss(True, from_logits)
+    return masked_row_loss(spec, y_true, y_pred, mask, reduction, ignore_class)[0]
+
+
+def masked_categorical_crossentropy(
+    y_true, y_pred, mask=None, *, from_logits=False, label_smoothing=0.0, reduction="mean"
+):
+    """Reference for masked_ops.masked_categorical_crossentropy."""
+    spec = specs.row_loss(False, from_logits)
+    return masked_row_loss(spec, y_true, y_pred, mask, reduction, None, label_smoothing)[0]
