@@ -479,8 +479,8 @@ def fused_rows(
 ):
     """Runs the row op of `spec`; returns (loss, sum, weight_sum, count).
     loss_only: only `loss` is differentiated (the public loss functions):
-    when a tape records y_pred, the forward writes the gradient of the loss in
-    the same pass, into y_pred's buffer when nothing else holds it."""
+    when a tape records y_pred in a graph, the forward writes the gradient of
+    the loss in the same pass, into y_pred's buffer when nothing else holds it."""
     _inputs.check_reduction(reduction)
     ignore_class = _inputs.check_ignore_class(ignore_class, spec.sparse)
     label_smoothing = _inputs.check_label_smoothing(label_smoothing)
@@ -501,7 +501,11 @@ def fused_rows(
         "has_ignore_class": ignore_class is not None,
         "ignore_class": 0 if ignore_class is None else ignore_class,
     }
-    if loss_only and record.should_record_backprop([y_pred]):
+    # Eagerly, the tape would hold y_pred (no reuse of its buffer) and fill
+    # the unused gradient output's upstream gradient with logits-sized zeros:
+    # the two ops then cost less memory at the same speed.
+    one_pass = loss_only and not tf.executing_eagerly()
+    if one_pass and record.should_record_backprop([y_pred]):
         return _ROW_ONE_PASS_OPS[spec.op_type](**args)[:4]
     return _ROW_OPS[spec.op_type](**args)[:4]
 

@@ -163,16 +163,19 @@ def test_one_pass_and_two_pass_agree_under_loss_scaling(name):
     y_true, y_pred = make_inputs(rng, name, (6,), 40, "float32")
     t, p = tf.constant(y_true), tf.constant(y_pred)
     loss_fn, _, kw = public(name)
+
+    @tf.function
+    def gradients(t, p, scale):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(p)
+            one_pass = loss_fn(t, p, **kw) * scale  # a tape in a graph: the one-pass op
+            two_pass = ops.fused_rows(spec, t, p, None, "mean")[0] * scale  # forward-only op
+        return tape.gradient(one_pass, p), tape.gradient(two_pass, p)
+
+    ops_used = graph_ops(gradients, t, p, tf.constant(3.0))
+    assert {spec.op_type + "WithGrad", "MaskedOps>ScaleGradient", spec.op_type + "Grad"} <= ops_used
     for scale in (1024.0, 3.0):
-        with tf.GradientTape() as tape:
-            tape.watch(p)
-            scaled = loss_fn(t, p, **kw) * scale
-        one_pass = tape.gradient(scaled, p).numpy()
-        with tf.GradientTape() as tape:
-            tape.watch(p)
-            loss, _, _, _ = ops.fused_rows(spec, t, p, None, "mean")  # forward-only op
-            scaled = loss * scale
-        two_pass = tape.gradient(scaled, p).numpy()
+        one_pass, two_pass = (g.numpy() for g in gradients(t, p, tf.constant(scale)))
         if scale == 1024.0:
             assert bits(one_pass) == bits(two_pass)
         else:
