@@ -74,6 +74,8 @@ sanitize: setup
 bench: build
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) benchmarks/bench.py $(BENCH_ARGS)
 	$(PY) benchmarks/plot.py
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) benchmarks/bench_rows.py $(BENCH_ROWS_ARGS)
+	$(PY) benchmarks/plot_rows.py
 
 bench-full: BENCH_ARGS = --full
 bench-full: bench
@@ -91,3 +93,4 @@ clean:
 	rm -rf build *.egg-info masked_ops/*.so masked_ops/_build_info.json $(BUILD_STAMP)
 plot: setup
 	$(PY) benchmarks/plot.py
+	$(PY) benchmarks/plot_rows.py

@@ -24,8 +24,8 @@ DIRECTIONS = ("fwd", "fwd+bwd")
 COLORS = {"fused": "C0", "two_pass": "C9", "handwritten": "C2", "keras": "C1", "reference": "C7"}
 STYLES = {"eager": ":", "graph": "--", "xla": "-"}
 MARKERS = {"eager": "o", "graph": "s", "xla": "^"}
-# Results files that are not benchmark runs of this script.
-SKIP = ("gpu_check_",)
+# Results files that are not size sweeps of bench.py.
+SKIP = ("gpu_check_", "rows_")  # rows_: plot_rows.py
 
 
 def load_run(path, run_id):
