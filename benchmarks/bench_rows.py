@@ -190,7 +190,8 @@ def run_case(case, repeat, memory):
                 continue  # the same forward op as fused/graph
             seconds = median_time(build(impl, mode, direction), args, repeat)
             moved = logit_bytes * (2 if direction == "fwd+bwd" else 1)
-            floor = logit_bytes / read_bw + (logit_bytes * 2 / rw_bw if direction != "fwd" else 0)
+            # fwd: the logits read once; fwd+bwd: read once, the gradient written once.
+            floor = logit_bytes / read_bw if direction == "fwd" else moved / rw_bw
             row = {
                 "case": case,
                 "rows": rows,

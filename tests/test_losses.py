@@ -251,10 +251,12 @@ def test_specs_ops_and_binding_list_the_same_losses():
     library_ops = {
         name for name in dir(op_library) if name.startswith("masked_ops_") and "eager" not in name
     }
-    expected = {op for spec in specs.LOSSES for op in (spec.op, spec.grad_op, spec.one_pass_op)}
+    all_specs = (*specs.LOSSES, *specs.ROW_LOSSES)
+    expected = {op for spec in all_specs for op in (spec.op, spec.grad_op, spec.one_pass_op)}
     shared = {"masked_ops_xla_lowered_ops", "masked_ops_scale_gradient"}
     assert library_ops - shared == expected
     assert sorted(kernels.losses) == sorted(spec.name for spec in specs.LOSSES)
+    assert sorted(kernels.row_losses) == sorted(spec.name for spec in specs.ROW_LOSSES)
     assert {case.spec for case in LOSS_CASES} == set(SPECS)
 
 
